@@ -1,0 +1,66 @@
+/* The record shared by bpf/tcpstates.bpf.c and tracer/core/record.py.
+ *
+ * Fixed-width fields, explicit padding, no implicit holes: the Python mirror
+ * decodes it with one struct format, and tests/unit/test_record.py compiles
+ * this header to check that both sides agree on size, names and offsets.
+ */
+#ifndef TCPSTATES_H
+#define TCPSTATES_H
+
+#define TCPSTATE_COMM_LEN 16
+
+/* What a record reports. */
+#define TCPSTATE_KIND_STATE    0 /* sock:inet_sock_set_state */
+#define TCPSTATE_KIND_RESET_RX 1 /* tcp:tcp_receive_reset (oldstate = newstate = current state) */
+#define TCPSTATE_KIND_RESET_TX 2 /* tcp:tcp_send_reset */
+
+/* Who opened the connection. Inferred roles come from the listening-port map
+ * for sockets whose opening transition happened before the program attached. */
+#define TCPSTATE_ROLE_UNKNOWN  0
+#define TCPSTATE_ROLE_ACTIVE   1 /* connect(): service port is the remote port */
+#define TCPSTATE_ROLE_PASSIVE  2 /* accepted: service port is the local port */
+#define TCPSTATE_ROLE_LISTENER 3 /* listen(): service port is the local port */
+
+/* flags */
+#define TCPSTATE_F_ROLE_INFERRED   0x01 /* role guessed from listening ports, not seen */
+#define TCPSTATE_F_OWNER_INHERITED 0x02 /* pid/comm copied from the listener */
+
+struct tcpstate_event {
+	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 skaddr;         /* the socket's identity while it lives */
+	__u8  saddr[16];      /* IPv4 in the first 4 bytes; v4-mapped v6 is stored as IPv4 */
+	__u8  daddr[16];
+	__u32 pid;            /* owner (tgid), 0 while unknown */
+	__u16 sport;          /* host byte order */
+	__u16 dport;
+	__u16 service_port;
+	__u8  family;         /* AF_INET or AF_INET6 */
+	__u8  kind;           /* TCPSTATE_KIND_* */
+	__u8  oldstate;       /* kernel TCP_* numbering */
+	__u8  newstate;
+	__u8  role;           /* TCPSTATE_ROLE_* */
+	__u8  flags;          /* TCPSTATE_F_* */
+	char  comm[TCPSTATE_COMM_LEN];
+};
+
+/* Exact transition counters, aggregated in the kernel so they stay exact when
+ * the ring buffer overflows. */
+struct tcpstate_count_key {
+	__u16 port;           /* service port */
+	__u8  kind;
+	__u8  oldstate;
+	__u8  newstate;
+	__u8  pad[3];
+};
+
+/* Slots of the per-CPU `stats` array. */
+#define TCPSTATE_STAT_EVENTS        0 /* records submitted to the ring buffer */
+#define TCPSTATE_STAT_RINGBUF_FULL  1 /* records lost: ring buffer reserve failed */
+#define TCPSTATE_STAT_COUNTS_FULL   2 /* counter map full: counted in overflow_counts */
+#define TCPSTATE_STAT_SOCKS_FULL    3 /* socket map full: role/owner not remembered */
+#define TCPSTATE_STAT_NSLOTS        4
+
+/* overflow_counts index: kind * 256 + oldstate * 16 + newstate */
+#define TCPSTATE_OVERFLOW_SLOTS (3 * 256)
+
+#endif

@@ -1,0 +1,218 @@
+"""Configuration: one frozen, validated object from defaults, file, environment and flags.
+
+Each setting is declared once (SETTINGS); its flag (``--web.listen-address``), its
+environment variable (``TCPSTATE_TRACER_WEB_LISTEN_ADDRESS``) and its place in the
+YAML file (``web: {listen_address: ...}``) all derive from its dotted name. Later
+sources win. Validation collects every problem in plain words instead of stopping
+at the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "TCPSTATE_TRACER_"
+
+
+class ConfigError(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # dotted: "web.listen_address"
+    kind: type
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] = lambda value: None
+
+    @property
+    def attr(self) -> str:
+        return self.name.replace(".", "_")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.attr.upper()
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _power_of_two(value: int) -> str | None:
+    return None if value > 0 and value & (value - 1) == 0 else "must be a power of two (1, 2, 4, ... MiB)"
+
+
+def _listen_address(value: str) -> str | None:
+    try:
+        parse_listen_address(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _log_level(value: str) -> str | None:
+    levels = ("debug", "info", "warning", "error")
+    return None if value in levels else f"must be one of {', '.join(levels)}"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("web.listen_address", str, "127.0.0.1:9876",
+            "address for /metrics, /healthz, /readyz (host:port; [::1]:port for IPv6; :port for all)",
+            _listen_address),
+    Setting("msl", float, 30.0,
+            "maximum segment lifetime in seconds; LAST_ACK and TIME_WAIT older than 2*MSL are stuck",
+            _positive),
+    Setting("timewait_seconds", float, 60.0,
+            "how long the kernel keeps TIME_WAIT (Linux: TCP_TIMEWAIT_LEN, 60 s); only for kernels built otherwise",
+            _positive),
+    Setting("max_sockets", int, 524_288,
+            "sockets tracked at most (live and TIME_WAIT each); the oldest are evicted past it", _positive),
+    Setting("ring_buffer_mib", int, 64,
+            "kernel ring buffer for events, MiB (power of two); 64 MiB holds about 2 s at full churn",
+            _power_of_two),
+    Setting("cache_dir", Path, Path("/var/cache/tcpstate-tracer"),
+            "where a kernel header tree is built when the running kernel has none"),
+    Setting("log.level", str, "info", "debug, info, warning or error", _log_level),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    web_listen_address: str
+    msl: float
+    timewait_seconds: float
+    max_sockets: int
+    ring_buffer_mib: int
+    cache_dir: Path
+    log_level: str
+    config_file: Path | None = None
+
+    @property
+    def two_msl(self) -> float:
+        return 2 * self.msl
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port with a port from 1 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port)
+
+
+def _coerce(setting: Setting, raw: Any, where: str) -> tuple[Any, str | None]:
+    kind = setting.kind
+    try:
+        if kind is bool or isinstance(raw, bool):
+            raise ValueError
+        if kind is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            value = int(raw)
+        elif kind is float:
+            value = float(raw)
+        elif kind is Path:
+            if not isinstance(raw, (str, Path)) or not str(raw):
+                raise ValueError
+            value = Path(raw)
+        else:
+            if not isinstance(raw, str):
+                raise ValueError
+            value = raw
+    except (TypeError, ValueError):
+        return None, f"{setting.name} ({where}): {raw!r} is not a valid {kind.__name__}"
+    problem = setting.check(value)
+    if problem:
+        return None, f"{setting.name} ({where}): {value} {problem}"
+    return value, None
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_file(path: Path) -> tuple[dict[str, Any], list[str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return {}, [f"config file {path}: cannot read it ({exc.strerror})"]
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        return {}, [f"config file {path}: not valid YAML{where}"]
+    if tree is None:
+        return {}, []
+    if not isinstance(tree, Mapping):
+        return {}, [f"config file {path}: must be a mapping of settings"]
+    return _flatten(tree), []
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds every setting as a flag; unset flags stay None so lower sources show through."""
+    parser.add_argument("--config.file", dest="config_file", metavar="PATH",
+                        help="YAML configuration file (flags override it, it overrides defaults)")
+    for s in SETTINGS:
+        parser.add_argument(s.flag, dest=s.attr, default=None, metavar=s.kind.__name__.upper(),
+                            help=f"{s.help} (default {s.default}; env {s.env})")
+
+
+def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Builds the Config: defaults < file < environment < flags. ConfigError lists every problem."""
+    flags = dict(flags or {})
+    environ = os.environ if environ is None else environ
+    problems: list[str] = []
+    raw: dict[str, tuple[Any, str]] = {s.name: (s.default, "default") for s in SETTINGS}
+    known = {s.name for s in SETTINGS}
+
+    file_value = flags.get("config_file") or environ.get(ENV_PREFIX + "CONFIG_FILE")
+    config_file = Path(file_value) if file_value else None
+    if config_file is not None:
+        values, file_problems = read_file(config_file)
+        problems += file_problems
+        for name, value in values.items():
+            if name in known:
+                raw[name] = (value, f"file {config_file}")
+            else:
+                problems.append(f"config file {config_file}: unknown setting {name!r}")
+    for s in SETTINGS:
+        if s.env in environ:
+            raw[s.name] = (environ[s.env], f"environment {s.env}")
+        if flags.get(s.attr) is not None:
+            raw[s.name] = (flags[s.attr], f"flag {s.flag}")
+
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        value, where = raw[s.name]
+        coerced, problem = _coerce(s, value, where)
+        if problem:
+            problems.append(problem)
+        values[s.attr] = coerced
+    if problems:
+        raise ConfigError(problems)
+    config_fields = {f.name for f in fields(Config)}
+    return Config(config_file=config_file, **{k: v for k, v in values.items() if k in config_fields})

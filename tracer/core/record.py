@@ -1,0 +1,177 @@
+"""The event record, mirrored once from bpf/tcpstates.h.
+
+An event is a plain tuple in the C field order: tuples come straight out of
+``struct.iter_unpack`` with no per-event object to build, which keeps the hot path
+near a microsecond. ``Field`` indexes name the positions for code off that path.
+JSON lines (``watch --json``, ``--record``, replay fixtures) are the stable text
+form of the same record.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+from tracer.core.states import ROLE_NAMES, EventKind, Role, TcpState
+
+# (name, struct code) in C order; tests/unit/test_record.py compiles the header and
+# checks names, offsets and size against this list.
+FIELDS: tuple[tuple[str, str], ...] = (
+    ("ts_ns", "Q"),
+    ("skaddr", "Q"),
+    ("saddr", "16s"),
+    ("daddr", "16s"),
+    ("pid", "I"),
+    ("sport", "H"),
+    ("dport", "H"),
+    ("service_port", "H"),
+    ("family", "B"),
+    ("kind", "B"),
+    ("oldstate", "B"),
+    ("newstate", "B"),
+    ("role", "B"),
+    ("flags", "B"),
+    ("comm", "16s"),
+)
+FORMAT = "<" + "".join(code for _, code in FIELDS)
+SIZE = struct.calcsize(FORMAT)
+NAMES = tuple(name for name, _ in FIELDS)
+
+
+class Field:
+    """Positions of the fields in an event tuple."""
+
+    TS, SK, SADDR, DADDR, PID, SPORT, DPORT, SERVICE_PORT = range(8)
+    FAMILY, KIND, OLD, NEW, ROLE, FLAGS, COMM = range(8, 15)
+
+
+AF_INET = socket.AF_INET.value
+AF_INET6 = socket.AF_INET6.value
+_KIND_NAMES = {k.value: k.name.lower() for k in EventKind}
+_KINDS_BY_NAME = {v: k for k, v in _KIND_NAMES.items()}
+_ROLES_BY_NAME = {v: k for k, v in ROLE_NAMES.items()}
+
+Event = tuple  # the tuple described by FIELDS
+
+
+def format_addr(family: int, raw: bytes) -> str:
+    if family == AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+def parse_addr(text: str) -> tuple[int, bytes]:
+    """``(family, 16 raw bytes)``; an IPv4-mapped IPv6 address becomes IPv4, as in the kernel program."""
+    try:
+        raw = socket.inet_pton(socket.AF_INET, text)
+        return AF_INET, raw + bytes(12)
+    except OSError:
+        pass
+    try:
+        raw = socket.inet_pton(socket.AF_INET6, text)
+    except OSError:
+        raise ValueError(f"not an IP address: {text!r}") from None
+    if raw[:12] == bytes(10) + b"\xff\xff":
+        return AF_INET, raw[12:] + bytes(12)
+    return AF_INET6, raw
+
+
+def comm_text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def to_json(ev: Event) -> dict[str, Any]:
+    """The text form of one event, as ``watch --json`` prints it and replay reads it."""
+    ts, sk, saddr, daddr, pid, sport, dport, svc, fam, kind, old, new, role, flags, comm = ev
+    return {
+        "ts_ns": ts,
+        "sk": f"{sk:#x}",
+        "kind": _KIND_NAMES.get(kind, str(kind)),
+        "family": "ipv4" if fam == AF_INET else "ipv6",
+        "saddr": format_addr(fam, saddr),
+        "sport": sport,
+        "daddr": format_addr(fam, daddr),
+        "dport": dport,
+        "service_port": svc,
+        "role": ROLE_NAMES.get(role, str(role)),
+        "oldstate": TcpState(old).name if old else None,
+        "newstate": TcpState(new).name if new else None,
+        "flags": flags,
+        "pid": pid,
+        "comm": comm_text(comm),
+    }
+
+
+def from_json(obj: Any) -> Event:
+    """Inverse of to_json; ValueError names the first field that is wrong."""
+    if not isinstance(obj, dict):
+        raise ValueError("an event must be a JSON object")
+
+    def need(name: str, kind: type) -> Any:
+        if name not in obj:
+            raise ValueError(f"missing field {name!r}")
+        value = obj[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"field {name!r} must be {kind.__name__}, got {value!r}")
+        return value
+
+    def port(name: str) -> int:
+        value = need(name, int)
+        if not 0 <= value <= 65535:
+            raise ValueError(f"field {name!r} is not a port: {value}")
+        return value
+
+    def state(name: str) -> int:
+        value = obj.get(name)
+        if value is None:
+            return 0
+        if not isinstance(value, str):
+            raise ValueError(f"field {name!r} must be a TCP state name, got {value!r}")
+        return TcpState.parse(value).value
+
+    ts = need("ts_ns", int)
+    if ts < 0:
+        raise ValueError("field 'ts_ns' must not be negative")
+    try:
+        sk = int(need("sk", str), 16)
+    except ValueError:
+        raise ValueError(f"field 'sk' must be a hex socket id, got {obj['sk']!r}") from None
+    kind_name = need("kind", str)
+    if kind_name not in _KINDS_BY_NAME:
+        raise ValueError(f"field 'kind' must be one of {sorted(_KINDS_BY_NAME)}, got {kind_name!r}")
+    role_name = obj.get("role", "unknown")
+    if role_name not in _ROLES_BY_NAME:
+        raise ValueError(f"field 'role' must be one of {sorted(_ROLES_BY_NAME)}, got {role_name!r}")
+    fam, saddr = parse_addr(need("saddr", str))
+    fam_d, daddr = parse_addr(need("daddr", str))
+    if fam != fam_d:
+        raise ValueError("saddr and daddr are of different address families")
+    comm = obj.get("comm", "")
+    if not isinstance(comm, str):
+        raise ValueError("field 'comm' must be a string")
+    pid = obj.get("pid", 0)
+    flags = obj.get("flags", 0)
+    if not isinstance(pid, int) or not isinstance(flags, int) or pid < 0 or not 0 <= flags < 256:
+        raise ValueError("fields 'pid' and 'flags' must be small non-negative integers")
+    return (
+        ts,
+        sk,
+        saddr,
+        daddr,
+        pid,
+        port("sport"),
+        port("dport"),
+        port("service_port"),
+        fam,
+        _KINDS_BY_NAME[kind_name],
+        state("oldstate"),
+        state("newstate"),
+        _ROLES_BY_NAME[role_name],
+        flags,
+        comm.encode()[:15].ljust(16, b"\0"),
+    )
+
+
+def role_name(role: int) -> str:
+    return ROLE_NAMES.get(role, Role.UNKNOWN.name.lower())

@@ -1,0 +1,210 @@
+"""The socket table: each socket's current state, since when, and what it is.
+
+One writer applies events; readers take snapshots under the same lock. The
+tracepoint never reports TIME_WAIT, so the tracker models it: an orderly active
+close (FIN_WAIT1, FIN_WAIT2 or CLOSING to CLOSE, no reset) hands the connection to
+a timewait mini-socket that lives for the kernel's TIME_WAIT length (2 MSL on
+Linux: TCP_TIMEWAIT_LEN, 60 s). The model cannot see a TIME_WAIT timer re-armed by
+a retransmitted FIN; only the kernel's socket table shows that.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from tracer.core.record import Event
+from tracer.core.states import ACTIVE_CLOSE_STATES, EventKind, TcpState
+
+_CLOSE = TcpState.CLOSE.value
+_TIME_WAIT = TcpState.TIME_WAIT.value
+_ACTIVE_CLOSE = frozenset(int(s) for s in ACTIVE_CLOSE_STATES)
+_STATE = EventKind.STATE.value
+
+
+class SocketEntry:
+    """What the table knows of one socket. ``since_ns`` is monotonic kernel time."""
+
+    __slots__ = (
+        "sk", "state", "since_ns", "first_ns", "port", "role", "family", "saddr", "sport",
+        "daddr", "dport", "pid", "comm", "flags", "reset",
+    )
+
+    def __init__(self, ev: Event) -> None:
+        ts, sk, saddr, daddr, pid, sport, dport, svc, fam, _kind, _old, new, role, flags, comm = ev
+        self.sk = sk
+        self.state = new
+        self.since_ns = ts
+        self.first_ns = ts
+        self.port = svc
+        self.role = role
+        self.family = fam
+        self.saddr = saddr
+        self.sport = sport
+        self.daddr = daddr
+        self.dport = dport
+        self.pid = pid
+        self.comm = comm
+        self.flags = flags
+        self.reset = False
+
+
+@dataclass(frozen=True)
+class TrackerStats:
+    events: int
+    sockets: int
+    timewait: int
+    evicted: int
+    timewait_entered: int
+    timewait_cancelled_by_reset: int
+
+
+class Tracker:
+    """Applies events to the socket table and keeps per-(port, state) counts."""
+
+    def __init__(self, timewait_ns: int, max_sockets: int) -> None:
+        if timewait_ns <= 0 or max_sockets <= 0:
+            raise ValueError("timewait_ns and max_sockets must be positive")
+        self.timewait_ns = timewait_ns
+        self.max_sockets = max_sockets
+        self.lock = threading.Lock()
+        self.sockets: dict[int, SocketEntry] = {}
+        # Sockets now modelled in TIME_WAIT, oldest first: all share one length, so
+        # a FIFO is also the expiry order.
+        self.timewait: deque[SocketEntry] = deque()
+        # The same entries by identity, so a reset that follows the close (the
+        # kernel sets CLOSE before it sends an abortive reset) can cancel them.
+        self._timewait_by_sk: dict[int, SocketEntry] = {}
+        # (service port, state) -> sockets now in it. Keys are kept at zero, so a
+        # port in use keeps its series.
+        self.counts: dict[tuple[int, int], int] = {}
+        self.events = 0
+        self.evicted = 0
+        self.timewait_entered = 0
+        self.timewait_cancelled = 0
+
+    # -- writer side -------------------------------------------------------------
+
+    def apply(self, ev: Event) -> int:
+        """Applies one event; returns the nanoseconds the socket spent in its
+        previous state, or -1 when that is not known."""
+        self.events += 1
+        if ev[9] != _STATE:
+            self._reset(ev[1])
+            return -1
+        counts = self.counts
+        sk = ev[1]
+        new = ev[11]
+        svc = ev[7]
+        entry = self.sockets.get(sk)
+        if entry is None:
+            spent = -1
+            if self._timewait_by_sk:
+                self._timewait_by_sk.pop(sk, None)  # the address is in use again
+            entry = SocketEntry(ev)
+            old = ev[10]
+            if new != _CLOSE:
+                self._insert(entry)
+        else:
+            spent = ev[0] - entry.since_ns
+            old = entry.state
+            key = (entry.port, old)
+            counts[key] -= 1
+            entry.state = new
+            entry.since_ns = ev[0]
+            entry.port = svc
+            entry.sport = ev[5]  # 0 until connect() has bound the socket
+            entry.saddr = ev[2]
+            if ev[4]:
+                entry.pid = ev[4]
+                entry.comm = ev[14]
+            entry.flags = ev[13]
+            if new == _CLOSE:
+                del self.sockets[sk]
+        if new == _CLOSE:
+            if old in _ACTIVE_CLOSE and not entry.reset:
+                self._enter_timewait(entry)
+        else:
+            key = (svc, new)
+            counts[key] = counts.get(key, 0) + 1
+        return spent
+
+    def apply_batch(self, batch: Iterable[Event]) -> None:
+        apply = self.apply
+        with self.lock:
+            for ev in batch:
+                apply(ev)
+
+    def expire(self, now_ns: int) -> None:
+        """Ends the modelled TIME_WAITs older than the TIME_WAIT length."""
+        tw = self.timewait
+        horizon = now_ns - self.timewait_ns
+        if not tw or tw[0].since_ns > horizon:
+            return
+        with self.lock:
+            while tw and tw[0].since_ns <= horizon:
+                self._leave_timewait(tw.popleft())
+
+    def _insert(self, entry: SocketEntry) -> None:
+        sockets = self.sockets
+        if len(sockets) >= self.max_sockets:
+            oldest = sockets.pop(next(iter(sockets)))
+            self.counts[(oldest.port, oldest.state)] -= 1
+            self.evicted += 1
+        sockets[entry.sk] = entry
+        key = (entry.port, entry.state)
+        self.counts.setdefault(key, 0)
+
+    def _enter_timewait(self, entry: SocketEntry) -> None:
+        if len(self.timewait) >= self.max_sockets:
+            self._leave_timewait(self.timewait.popleft())
+            self.evicted += 1
+        entry.state = _TIME_WAIT
+        self.timewait.append(entry)
+        self._timewait_by_sk[entry.sk] = entry
+        key = (entry.port, _TIME_WAIT)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.timewait_entered += 1
+
+    def _leave_timewait(self, entry: SocketEntry) -> None:
+        if entry.state == _TIME_WAIT:  # not cancelled by a reset meanwhile
+            self.counts[(entry.port, _TIME_WAIT)] -= 1
+            entry.state = _CLOSE
+        if self._timewait_by_sk.get(entry.sk) is entry:
+            del self._timewait_by_sk[entry.sk]
+
+    def _reset(self, sk: int) -> None:
+        entry = self.sockets.get(sk)
+        if entry is not None:
+            entry.reset = True
+            return
+        entry = self._timewait_by_sk.pop(sk, None)
+        if entry is not None and entry.state == _TIME_WAIT:
+            self.counts[(entry.port, _TIME_WAIT)] -= 1
+            entry.state = _CLOSE
+            self.timewait_cancelled += 1
+
+    # -- reader side -------------------------------------------------------------
+
+    def in_timewait(self, sk: int) -> bool:
+        """Whether the connection last closed at this socket address is modelled in TIME_WAIT."""
+        entry = self._timewait_by_sk.get(sk)
+        return entry is not None and entry.state == _TIME_WAIT
+
+    def snapshot(self) -> dict[tuple[int, int], int]:
+        """(service port, state) -> sockets now in that state, TIME_WAIT included."""
+        with self.lock:
+            return dict(self.counts)
+
+    def stats(self) -> TrackerStats:
+        with self.lock:
+            return TrackerStats(
+                events=self.events,
+                sockets=len(self.sockets),
+                timewait=sum(n for (_, state), n in self.counts.items() if state == _TIME_WAIT),
+                evicted=self.evicted,
+                timewait_entered=self.timewait_entered,
+                timewait_cancelled_by_reset=self.timewait_cancelled,
+            )

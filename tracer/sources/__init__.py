@@ -1,0 +1,32 @@
+"""Event sources: where transitions come from. The core cannot tell them apart.
+
+A source hands out batches of event tuples (tracer/core/record.py) and keeps the
+exact per-(service port, kind, transition) counts the kernel program keeps, so
+metrics can be checked against a replay as well as against the kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from tracer.core.record import Event
+
+# (service port, kind, old state, new state); port None = the port was lost
+# because the kernel's counter map was full.
+CountKey = tuple  # (int | None, int, int, int)
+
+
+class EventSource(Protocol):
+    def read(self, timeout_s: float) -> list[Event] | None:
+        """The next batch (possibly empty after the timeout); None once the source is exhausted."""
+        ...
+
+    def transition_counts(self) -> dict[CountKey, int]:
+        """Exact counts of every transition and reset seen, by service port."""
+        ...
+
+    def lost(self) -> int:
+        """Events counted but never delivered (ring buffer full)."""
+        ...
+
+    def close(self) -> None: ...

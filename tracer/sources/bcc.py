@@ -1,0 +1,106 @@
+"""The live source: bpf/tcpstates.bpf.c loaded with BCC, read through its ring buffer.
+
+This is the only module that imports bcc, and it does so when a source is made, so
+``--help``, ``replay`` and the unit tests work on a machine without it.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracer.core import record
+from tracer.core.record import Event
+from tracer.sources import CountKey
+from tracer.sources.ringbuf import RingBufferReader
+
+log = logging.getLogger(__name__)
+
+BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
+PROGRAM = BPF_DIR / "tcpstates.bpf.c"
+
+# bpf/tcpstates.h TCPSTATE_STAT_*
+STAT_EVENTS, STAT_RINGBUF_FULL, STAT_COUNTS_FULL, STAT_SOCKS_FULL = range(4)
+
+
+class SourceError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class KernelStats:
+    events: int  # records submitted to the ring buffer
+    ringbuf_full: int  # records lost: ring buffer full
+    counts_full: int  # transitions counted without their port: counter map full
+    socks_full: int  # sockets whose role/owner could not be remembered
+    socks: int  # entries in the socket map now
+    counters: int  # entries in the counter map now
+
+
+class BccSource:
+    def __init__(self, ringbuf_pages: int = 16384, max_socks: int = 524288, max_counts: int = 16384) -> None:
+        try:
+            import bcc  # noqa: PLC0415 (deliberately lazy)
+        except ImportError:
+            raise SourceError("the bcc Python module is missing: install Debian's python3-bpfcc "
+                              "and use a Python that sees it (run `make setup`)") from None
+        if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
+            raise SourceError(f"ring buffer pages must be a power of two, got {ringbuf_pages}")
+        cflags = [
+            f"-I{BPF_DIR}",
+            f"-DTCPSTATE_RINGBUF_PAGES={ringbuf_pages}",
+            f"-DTCPSTATE_MAX_SOCKS={max_socks}",
+            f"-DTCPSTATE_MAX_COUNTS={max_counts}",
+        ]
+        try:
+            self._bpf = bcc.BPF(src_file=str(PROGRAM).encode(), cflags=cflags)
+        except Exception as exc:  # bcc raises bare Exception for compile and load errors
+            raise SourceError(f"loading {PROGRAM.name} failed: {exc} (run `tcpstate-tracer check`)") from None
+        events = self._bpf["events"]
+        self._ring = RingBufferReader(events.map_fd, events.max_entries, record.FORMAT)
+        self._counts = self._bpf["counts"]
+        self._overflow = self._bpf["overflow_counts"]
+        self._stats = self._bpf["stats"]
+        self._socks = self._bpf["socks"]
+        log.info("attached to sock:inet_sock_set_state, tcp:tcp_receive_reset, tcp:tcp_send_reset "
+                 "(ring buffer %d MiB)", events.max_entries >> 20)
+
+    def read(self, timeout_s: float) -> list[Event]:
+        batch = self._ring.read()
+        if not batch:
+            self._ring.wait(timeout_s)
+            batch = self._ring.read()
+        return batch
+
+    def transition_counts(self) -> dict[CountKey, int]:
+        counts: dict[CountKey, int] = {}
+        for key, per_cpu in self._counts.items():
+            counts[(key.port, key.kind, key.oldstate, key.newstate)] = sum(per_cpu)
+        if self._stat(STAT_COUNTS_FULL):
+            for i in range(len(self._overflow)):
+                n = self._overflow.sum(ct.c_int(i)).value
+                if n:
+                    counts[(None, i >> 8, (i >> 4) & 15, i & 15)] = n
+        return counts
+
+    def lost(self) -> int:
+        return self._stat(STAT_RINGBUF_FULL)
+
+    def kernel_stats(self) -> KernelStats:
+        return KernelStats(
+            events=self._stat(STAT_EVENTS),
+            ringbuf_full=self._stat(STAT_RINGBUF_FULL),
+            counts_full=self._stat(STAT_COUNTS_FULL),
+            socks_full=self._stat(STAT_SOCKS_FULL),
+            socks=sum(1 for _ in self._socks.keys()),
+            counters=sum(1 for _ in self._counts.keys()),
+        )
+
+    def _stat(self, slot: int) -> int:
+        return self._stats.sum(ct.c_int(slot)).value
+
+    def close(self) -> None:
+        self._ring.close()
+        self._bpf.cleanup()
