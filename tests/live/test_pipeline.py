@@ -1,0 +1,142 @@
+"""The live pipeline: kernel tracepoint -> BPF ring buffer -> core -> watch and /metrics."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.live import traffic
+from tests.live.conftest import ROOT, Daemon, http_get, tracer_cmd
+from tests.live.watching import Watch, last_line_is_listener_close, transitions
+
+CLIENT = ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1",
+          "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"]
+SERVER = ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT",
+          "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"]
+
+
+def samples(text: str, name: str, **labels: str) -> dict[tuple, float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def ss_timewait(port: int) -> int:
+    out = subprocess.run(["ss", "-Htan", "state", "time-wait", f"( dport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return len(out.splitlines())
+
+
+@pytest.mark.parametrize("family, host, connect_host, shown", [
+    (socket.AF_INET, "127.0.0.1", None, "127.0.0.1"),
+    (socket.AF_INET6, "::1", None, "::1"),
+    # An IPv6 socket talking to an IPv4 peer: the kernel reports IPv4-mapped
+    # addresses, which the program turns into plain IPv4.
+    (socket.AF_INET6, "::", "::ffff:127.0.0.1", "127.0.0.1"),
+])
+def test_watch_shows_exact_sequence_of_both_ends(live_host, family, host, connect_host, shown):
+    port = {"127.0.0.1": 21001, "::1": 21002, "::": 21003}[host]
+    watch = Watch("--json", "--port", str(port))
+    try:
+        traffic.client_closed(port, 1, host=host, family=family, connect_host=connect_host)
+        watch.wait_for(last_line_is_listener_close(port))
+    finally:
+        code, err = watch.stop()
+    assert code == 0, err
+    events = watch.events()
+    assert transitions(events, "active") == CLIENT
+    assert transitions(events, "passive") == SERVER
+    assert transitions(events, "listener") == ["CLOSE->LISTEN", "LISTEN->CLOSE"]
+    assert {e["service_port"] for e in events} == {port}
+    # (The listener on "::" itself is IPv6; its connections are not.)
+    assert {e["family"] for e in events if e["role"] != "listener"} == {"ipv4" if shown == "127.0.0.1" else "ipv6"}
+    client = [e for e in events if e["role"] == "active"]
+    assert {e["daddr"] for e in client} == {shown}
+    assert all(e["dport"] == port for e in client)
+    # Owner cached at connect(), in process context: this test process.
+    assert {(e["pid"], e["comm"]) for e in client} == {(os.getpid(), Path("/proc/self/comm").read_text().strip()[:15])}
+    # Time in the previous state is known for every transition after the first.
+    assert client[0]["prev_state_seconds"] is None
+    assert all(e["prev_state_seconds"] is not None and e["prev_state_seconds"] >= 0 for e in client[1:])
+    # The orderly active close is the one that enters TIME_WAIT.
+    assert [e["timewait"] for e in client] == [False] * 4 + [True]
+    assert not any(e["timewait"] for e in events if e["role"] != "active")
+
+
+def test_reset_close_is_not_timewait(live_host):
+    port = 21004
+    watch = Watch("--json", "--port", str(port))
+    try:
+        traffic.client_closed(port, 1, abort=True)
+        watch.wait_for(last_line_is_listener_close(port))
+    finally:
+        code, err = watch.stop()
+    assert code == 0, err
+    events = watch.events()
+    client = [e for e in events if e["role"] == "active"]
+    assert [f"{e['oldstate']}->{e['newstate']}" for e in client if e["kind"] == "state"][-1] == "ESTABLISHED->CLOSE"
+    assert any(e["kind"] == "reset_rx" for e in events if e["role"] == "passive")
+    assert not any(e["timewait"] for e in events)
+    assert ss_timewait(port) == 0
+
+
+def test_record_then_replay_prints_the_same(live_host, tmp_path):
+    port = 21005
+    recording = tmp_path / "rec.jsonl"
+    watch = Watch("--port", str(port), "--record", str(recording))
+    try:
+        traffic.client_closed(port, 3)
+        watch.wait_for(lambda lines: any("LISTEN -> CLOSE" in l for l in lines))
+    finally:
+        code, err = watch.stop()
+    assert code == 0, err
+    replay = subprocess.run(tracer_cmd("replay", str(recording), "--port", str(port)), cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert replay.returncode == 0, replay.stderr
+    assert replay.stdout == "".join(watch.lines)
+    assert len(watch.lines) == 1 + 3 * 10 + 2  # header, 3 connections, the listener
+
+
+def test_health_probes(daemon: Daemon):
+    assert http_get(daemon.url + "/healthz")[0] == 200
+    status, body = http_get(daemon.url + "/readyz")
+    assert status == 200 and '"ok"' in body
+    status, body = http_get(daemon.url + "/nope")
+    assert status == 404 and '"error"' in body
+
+
+def test_200_client_closed_connections_on_metrics(daemon: Daemon):
+    port = 21006
+    run = traffic.client_closed(port, 200)
+    assert len(set(run.client_ports)) == 200
+    deadline = time.monotonic() + 10
+    while True:
+        text = daemon.metrics()
+        counts = samples(text, "tcpstate_transitions_total", port=str(port))
+        if sum(counts.values()) >= 2002 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    by_transition = {(dict(k)["from_state"], dict(k)["to_state"]): v for k, v in counts.items()}
+    listener = {("CLOSE", "LISTEN"): 1.0, ("LISTEN", "CLOSE"): 1.0}
+    connection = {k: v for k, v in by_transition.items() if k not in listener}
+    assert sum(connection.values()) == 2000
+    assert connection == {tuple(t.split("->")): 200.0 for t in CLIENT + SERVER}
+    assert {k: v for k, v in by_transition.items() if k in listener} == listener
+    # TIME_WAIT: the model against the kernel's socket table.
+    kernel = ss_timewait(port)
+    modelled = samples(daemon.metrics(), "tcpstate_sockets", port=str(port), state="TIME_WAIT")
+    assert list(modelled.values()) == [float(kernel)], f"model {modelled} vs ss {kernel}"
+    assert kernel == 200
+    # Everything else on the port is gone.
+    others = {dict(k)["state"]: v for k, v in samples(daemon.metrics(), "tcpstate_sockets", port=str(port)).items()}
+    assert {s: v for s, v in others.items() if v and s != "TIME_WAIT"} == {}
+    assert samples(text, "tcpstate_events_lost_total") == {(): 0.0}

@@ -1,0 +1,228 @@
+"""The `tcpstate-tracer` command: run, watch, replay, check.
+
+Errors the operator can fix end here as one line on stderr and a non-zero exit:
+2 for bad flags or configuration, 1 for everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tracer import __version__, config
+
+PROG = "tcpstate-tracer"
+
+
+class CliError(Exception):
+    """A one-line error for the operator; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Every TCP state transition on this host, through eBPF.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="the daemon: /metrics, /healthz, /readyz",
+                         description="Trace every TCP state transition and serve Prometheus metrics.")
+    config.add_flags(run)
+    run.add_argument("--check-config", action="store_true",
+                     help="validate the configuration, print every problem, and exit")
+
+    watch = sub.add_parser("watch", help="live transitions, one a line",
+                           description="Print every TCP state transition as it happens.")
+    watch.add_argument("--port", type=_port, help="only this service port")
+    watch.add_argument("--json", action="store_true", help="one JSON object a line")
+    watch.add_argument("--record", type=Path, metavar="FILE",
+                       help="also write every event to FILE (JSON lines) for `replay`")
+    watch.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML configuration file")
+
+    replay = sub.add_parser("replay", help="print a recording as `watch` printed it",
+                            description="Feed a recording through the same core and print what `watch` printed.")
+    replay.add_argument("file", type=Path, metavar="FILE")
+    replay.add_argument("--port", type=_port, help="only this service port")
+    replay.add_argument("--json", action="store_true", help="one JSON object a line")
+
+    check = sub.add_parser("check", help="can this host run the daemon? one line per problem",
+                           description="Preflight: privileges, bcc, tracefs, tracepoints, kernel headers, "
+                                       "and a real load of the BPF program.")
+    check.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML configuration file")
+    return parser
+
+
+def _load_config(args: argparse.Namespace) -> config.Config:
+    try:
+        return config.load(vars(args))
+    except config.ConfigError as exc:
+        raise CliError("invalid configuration: " + "; ".join(exc.problems), code=2) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.check_config:
+        try:
+            cfg = config.load(vars(args))
+        except config.ConfigError as exc:
+            for problem in exc.problems:
+                print(f"{PROG}: config: {problem}", file=sys.stderr)
+            return 2
+        print(f"configuration ok: listen on {cfg.web_listen_address}, MSL {cfg.msl:g} s "
+              f"(2MSL {cfg.two_msl:g} s), TIME_WAIT {cfg.timewait_seconds:g} s")
+        return 0
+    cfg = _load_config(args)
+    _setup_logging(cfg.log_level)
+    from tracer import daemon
+
+    try:
+        return daemon.run(cfg)
+    except daemon.StartupError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _stream(source, printer, tracker, record=None, stop: threading.Event | None = None) -> None:
+    """Applies every event of ``source`` to ``tracker`` and prints what the printer wants."""
+    from tracer.core.record import to_json
+
+    while stop is None or not stop.is_set():
+        batch = source.read(0.2)
+        if batch is None:
+            return
+        for ev in batch:
+            spent = tracker.apply(ev)
+            if record is not None:
+                record.write(json.dumps(to_json(ev)) + "\n")
+            if printer.wants(ev):
+                printer.print(ev, spent, ev[11] == 7 and tracker.in_timewait(ev[1]))
+        if batch:
+            tracker.expire(batch[-1][0])
+            printer.out.flush()
+
+
+def _tracker(cfg: config.Config):
+    from tracer.core.tracker import Tracker
+
+    return Tracker(int(cfg.timewait_seconds * 1e9), cfg.max_sockets)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    _setup_logging("warning")
+    from tracer import headers, tracefs
+    from tracer.console import TransitionPrinter
+    from tracer.core.clock import SystemClock
+    from tracer.sources.bcc import BccSource, SourceError
+
+    record = None
+    if args.record:
+        try:
+            record = open(args.record, "w", encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"cannot write recording {args.record}: {exc.strerror}") from None
+    try:
+        tracefs.ensure()
+        headers.prepare(cfg.cache_dir)
+        source = BccSource(ringbuf_pages=cfg.ring_buffer_mib * 256, max_socks=cfg.max_sockets)
+    except (tracefs.TracefsError, headers.HeadersError, SourceError) as exc:
+        raise CliError(str(exc)) from None
+    clock = SystemClock()
+    wall_offset_ns = round(clock.wall(0) * 1e9)
+    if record is not None:
+        meta = {"recorded_by": f"{PROG} {__version__} watch", "kernel": platform.release(),
+                "host": platform.node(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "wall_offset_ns": wall_offset_ns}
+        record.write(json.dumps({"meta": meta}) + "\n")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    printer = TransitionPrinter(sys.stdout, args.json, wall_offset_ns, args.port)
+    print(f"{PROG}: watching TCP state transitions"
+          + (f" of service port {args.port}" if args.port else "") + " (Ctrl-C to stop)",
+          file=sys.stderr, flush=True)
+    try:
+        _stream(source, printer, _tracker(cfg), record, stop)
+    except BrokenPipeError:
+        pass  # `watch | head` is fine
+    finally:
+        lost = source.lost()
+        source.close()
+        if record is not None:
+            record.close()
+    if lost:
+        print(f"{PROG}: {lost} events were lost (ring buffer full); raise ring_buffer_mib", file=sys.stderr)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tracer.console import TransitionPrinter
+    from tracer.sources.replay import ReplayError, ReplaySource, recording_meta
+
+    try:
+        meta = recording_meta(args.file)
+        source = ReplaySource(args.file)
+    except ReplayError as exc:
+        raise CliError(str(exc)) from None
+    cfg = config.load({}, environ={})
+    printer = TransitionPrinter(sys.stdout, args.json, int(meta.get("wall_offset_ns", 0)), args.port)
+    try:
+        _stream(source, printer, _tracker(cfg))
+    except ReplayError as exc:
+        sys.stdout.flush()
+        raise CliError(f"replay stopped: {exc}") from None
+    finally:
+        source.close()
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    from tracer import preflight
+
+    results = preflight.run_checks(cache_dir=cfg.cache_dir)
+    for r in results:
+        print(f"{'ok' if r.ok else 'FAIL':<5}{r.name:<12} {r.message}")
+    failed = [r for r in results if not r.ok]
+    if failed:
+        print(f"{PROG}: {len(failed)} problem(s): this host cannot run the daemon yet", file=sys.stderr)
+        return 1
+    print("this host can run tcpstate-tracer")
+    return 0
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+COMMANDS = {"run": cmd_run, "watch": cmd_watch, "replay": cmd_replay, "check": cmd_check}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CliError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

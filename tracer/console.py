@@ -1,0 +1,62 @@
+"""Transitions as lines in a terminal (``watch`` and ``replay`` print the same way)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TextIO
+
+from tracer.core.record import Event, comm_text, format_addr, role_name, to_json
+from tracer.core.states import STATE_NAMES, EventKind
+
+_RESET_WORDS = {EventKind.RESET_RX.value: "reset received", EventKind.RESET_TX.value: "reset sent"}
+HEADER = (f"{'TIME':<15} {'PORT':>5} {'ROLE':<8} {'PID':>7} {'COMM':<15} {'LOCAL':<27} "
+          f"{'REMOTE':<27} {'TRANSITION':<34} {'PREV_MS':>10}")
+
+
+def _endpoint(addr: str, port: int, v6: bool) -> str:
+    return f"[{addr}]:{port}" if v6 else f"{addr}:{port}"
+
+
+class TransitionPrinter:
+    """Prints one transition a line, or one JSON object a line.
+
+    ``spent_ns`` is the time the socket spent in its previous state (-1: unknown,
+    the socket was first seen at this event); ``timewait`` says the close was
+    orderly and the connection is now modelled in TIME_WAIT.
+    """
+
+    def __init__(self, out: TextIO, as_json: bool, wall_offset_ns: int, port: int | None = None) -> None:
+        self.out = out
+        self.as_json = as_json
+        self.wall_offset_ns = wall_offset_ns
+        self.port = port
+        self._header_done = as_json
+
+    def wants(self, ev: Event) -> bool:
+        return self.port is None or ev[7] == self.port
+
+    def print(self, ev: Event, spent_ns: int, timewait: bool) -> None:
+        if self.as_json:
+            obj = to_json(ev)
+            obj["time"] = round((ev[0] + self.wall_offset_ns) / 1e9, 6)
+            obj["prev_state_seconds"] = None if spent_ns < 0 else spent_ns / 1e9
+            obj["timewait"] = timewait
+            self.out.write(json.dumps(obj) + "\n")
+            return
+        if not self._header_done:
+            self.out.write(HEADER + "\n")
+            self._header_done = True
+        ts, _sk, saddr, daddr, pid, sport, dport, svc, fam, kind, old, new, role, _fl, comm = ev
+        wall = (ts + self.wall_offset_ns) / 1e9
+        clock = time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1e6) % 1_000_000:06d}"
+        v6 = fam != 2
+        if kind == EventKind.STATE.value:
+            what = f"{STATE_NAMES[old]} -> {STATE_NAMES[new]}" + (" (TIME_WAIT)" if timewait else "")
+        else:
+            what = _RESET_WORDS[kind] + (f" in {STATE_NAMES[old]}" if old else "")
+        prev = "-" if spent_ns < 0 else f"{spent_ns / 1e6:.3f}"
+        self.out.write(
+            f"{clock:<15} {svc:>5} {role_name(role):<8} {pid or '-':>7} {comm_text(comm) or '-':<15} "
+            f"{_endpoint(format_addr(fam, saddr), sport, v6):<27} "
+            f"{_endpoint(format_addr(fam, daddr), dport, v6):<27} {what:<34} {prev:>10}\n")

@@ -1,0 +1,170 @@
+"""The daemon: one writer thread owns the tracker; the web server reads snapshots.
+
+Nothing slow sits on the event path: the writer drains the kernel's ring buffer in
+batches and applies them; scrapes copy small snapshots under the tracker's lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+from werkzeug.serving import make_server
+
+from tracer import headers, tracefs
+from tracer.config import Config, parse_listen_address
+from tracer.core.clock import Clock, SystemClock
+from tracer.core.tracker import Tracker
+from tracer.metrics import TcpStateCollector
+from tracer.sources import EventSource
+
+log = logging.getLogger(__name__)
+
+POLL_TIMEOUT_S = 0.2
+# The writer checks in at least every POLL_TIMEOUT_S; this much silence means it is stuck.
+STALL_S = 10.0
+
+
+class StartupError(RuntimeError):
+    """Something the operator can fix stopped the daemon from starting (one line)."""
+
+
+class Pipeline:
+    """Source -> tracker, driven by one writer thread; answers the health probes."""
+
+    def __init__(self, source: EventSource, tracker: Tracker, clock: Clock) -> None:
+        self.source = source
+        self.tracker = tracker
+        self.clock = clock
+        self.failure: str | None = None
+        self._stop = threading.Event()
+        self._cycles = 0
+        self._heartbeat_ns = clock.monotonic_ns()
+        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """True once the writer has stopped (asked to, or failed)."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        source, tracker, clock = self.source, self.tracker, self.clock
+        try:
+            while not self._stop.is_set():
+                batch = source.read(POLL_TIMEOUT_S)
+                if batch is None:
+                    break
+                if batch:
+                    tracker.apply_batch(batch)
+                now = clock.monotonic_ns()
+                tracker.expire(now)
+                self._heartbeat_ns = now
+                self._cycles += 1
+        except Exception as exc:  # the writer must not die silently: record it, the daemon exits
+            self.failure = f"event pipeline stopped: {type(exc).__name__}: {exc}"
+            log.exception("event pipeline stopped")
+
+    # Health, as the web probes see it.
+    def alive(self) -> tuple[bool, str]:
+        if self.failure:
+            return False, self.failure
+        if not self._thread.is_alive():
+            return False, "event pipeline is not running"
+        silent_s = (self.clock.monotonic_ns() - self._heartbeat_ns) / 1e9
+        if silent_s > STALL_S:
+            return False, f"event pipeline has not checked in for {silent_s:.0f} s"
+        return True, "event pipeline running"
+
+    def ready(self) -> tuple[bool, str]:
+        ok, detail = self.alive()
+        if not ok:
+            return ok, detail
+        if not self._cycles:
+            return False, "program attached, first read of the ring buffer pending"
+        return True, f"program attached, {self.tracker.events} events processed"
+
+
+@dataclass
+class Running:
+    pipeline: Pipeline
+    server: object  # werkzeug BaseWSGIServer
+    registry: CollectorRegistry
+    address: str
+
+
+def _bind(address: str) -> socket.socket:
+    host, port = parse_listen_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {address}: {exc.strerror} "
+                           "(is another tcpstate-tracer running? choose another --web.listen-address)") from None
+    return sock
+
+
+def start(cfg: Config, clock: Clock | None = None) -> Running:
+    """Binds the web address, attaches the program, starts the writer and the web server."""
+    from tracer.sources.bcc import BccSource, SourceError
+    from tracer.web import create_app
+
+    clock = clock or SystemClock()
+    started = time.monotonic()
+    listener = _bind(cfg.web_listen_address)  # first: a taken port fails fast
+    try:
+        tracefs.ensure()
+        tree = headers.prepare(cfg.cache_dir)
+        if tree is not None:
+            log.info("kernel headers: %s", tree.how)
+        source = BccSource(ringbuf_pages=cfg.ring_buffer_mib * 256, max_socks=cfg.max_sockets)
+    except (tracefs.TracefsError, headers.HeadersError, SourceError) as exc:
+        listener.close()
+        raise StartupError(str(exc)) from None
+
+    tracker = Tracker(int(cfg.timewait_seconds * 1e9), cfg.max_sockets)
+    pipeline = Pipeline(source, tracker, clock)
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(TcpStateCollector(source, tracker))
+    app = create_app(registry, pipeline)
+    host, port = parse_listen_address(cfg.web_listen_address)
+    server = make_server(host, port, app, threaded=True, fd=listener.fileno())
+    pipeline.start()
+    threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
+    log.info("serving /metrics, /healthz, /readyz on http://%s (started in %.2f s)",
+             cfg.web_listen_address, time.monotonic() - started)
+    return Running(pipeline, server, registry, cfg.web_listen_address)
+
+
+def run(cfg: Config) -> int:
+    """The `run` command: serves until SIGTERM or SIGINT; non-zero when the pipeline failed."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no log line per scrape
+    running = start(cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set() and not running.pipeline.wait(0):
+        stop.wait(0.5)
+    log.info("stopping")
+    running.server.shutdown()
+    running.pipeline.stop()
+    running.pipeline.source.close()
+    if running.pipeline.failure:
+        log.error("%s", running.pipeline.failure)
+        return 1
+    return 0

@@ -1,0 +1,37 @@
+"""The web side: /metrics, health probes (and later the API and timeline UI).
+
+``create_app`` is a factory: the daemon passes in what the pages read (a
+registry, a health object); tests pass their own.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from flask import Flask, jsonify
+from prometheus_client import CollectorRegistry
+from werkzeug.exceptions import HTTPException
+
+
+class Health(Protocol):
+    def alive(self) -> tuple[bool, str]: ...
+
+    def ready(self) -> tuple[bool, str]: ...
+
+
+def create_app(registry: CollectorRegistry, health: Health) -> Flask:
+    app = Flask(__name__)
+    app.config["REGISTRY"] = registry
+    app.config["HEALTH"] = health
+
+    from tracer.web import health as health_bp
+    from tracer.web import metrics as metrics_bp
+
+    app.register_blueprint(metrics_bp.bp)
+    app.register_blueprint(health_bp.bp)
+
+    @app.errorhandler(HTTPException)
+    def json_error(exc: HTTPException):  # API clients get JSON, never an HTML page
+        return jsonify(error=exc.description, status=exc.code), exc.code
+
+    return app
