@@ -113,6 +113,8 @@ def parse_listen_address(value: str) -> tuple[str, int]:
         raise ValueError(f"{value!r} is not host:port with a port from 1 to 65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    elif ":" in host or "[" in host or "]" in host:
+        raise ValueError(f"{value!r}: write an IPv6 address in brackets, as [::1]:9876")
     return host or "0.0.0.0", int(port)
 
 

@@ -128,23 +128,35 @@ def from_json(obj: Any) -> Event:
             return 0
         if not isinstance(value, str):
             raise ValueError(f"field {name!r} must be a TCP state name, got {value!r}")
-        return TcpState.parse(value).value
+        try:
+            return TcpState.parse(value).value
+        except ValueError as exc:
+            raise ValueError(f"field {name!r}: {exc}") from None
 
     ts = need("ts_ns", int)
     if ts < 0:
         raise ValueError("field 'ts_ns' must not be negative")
+    sk_text = need("sk", str)
     try:
-        sk = int(need("sk", str), 16)
+        sk = int(sk_text, 16)
     except ValueError:
-        raise ValueError(f"field 'sk' must be a hex socket id, got {obj['sk']!r}") from None
+        sk = -1
+    if not 0 <= sk < 1 << 64:
+        raise ValueError(f"field 'sk' must be a 64-bit hex socket id, got {sk_text!r}")
     kind_name = need("kind", str)
     if kind_name not in _KINDS_BY_NAME:
         raise ValueError(f"field 'kind' must be one of {sorted(_KINDS_BY_NAME)}, got {kind_name!r}")
     role_name = obj.get("role", "unknown")
     if role_name not in _ROLES_BY_NAME:
         raise ValueError(f"field 'role' must be one of {sorted(_ROLES_BY_NAME)}, got {role_name!r}")
-    fam, saddr = parse_addr(need("saddr", str))
-    fam_d, daddr = parse_addr(need("daddr", str))
+    def addr(name: str) -> tuple[int, bytes]:
+        try:
+            return parse_addr(need(name, str))
+        except ValueError as exc:
+            raise ValueError(f"field {name!r}: {exc}") from None
+
+    fam, saddr = addr("saddr")
+    fam_d, daddr = addr("daddr")
     if fam != fam_d:
         raise ValueError("saddr and daddr are of different address families")
     comm = obj.get("comm", "")

@@ -82,6 +82,7 @@ class Tracker:
         self.counts: dict[tuple[int, int], int] = {}
         self.events = 0
         self.evicted = 0
+        self.timewait_now = 0  # live entries in self.timewait (cancelled ones excluded)
         self.timewait_entered = 0
         self.timewait_cancelled = 0
 
@@ -158,19 +159,23 @@ class Tracker:
         self.counts.setdefault(key, 0)
 
     def _enter_timewait(self, entry: SocketEntry) -> None:
-        if len(self.timewait) >= self.max_sockets:
-            self._leave_timewait(self.timewait.popleft())
-            self.evicted += 1
+        while self.timewait_now >= self.max_sockets:
+            oldest = self.timewait.popleft()
+            if oldest.state == _TIME_WAIT:  # entries cancelled by a reset hold no slot
+                self.evicted += 1
+            self._leave_timewait(oldest)
         entry.state = _TIME_WAIT
         self.timewait.append(entry)
         self._timewait_by_sk[entry.sk] = entry
         key = (entry.port, _TIME_WAIT)
         self.counts[key] = self.counts.get(key, 0) + 1
+        self.timewait_now += 1
         self.timewait_entered += 1
 
     def _leave_timewait(self, entry: SocketEntry) -> None:
         if entry.state == _TIME_WAIT:  # not cancelled by a reset meanwhile
             self.counts[(entry.port, _TIME_WAIT)] -= 1
+            self.timewait_now -= 1
             entry.state = _CLOSE
         if self._timewait_by_sk.get(entry.sk) is entry:
             del self._timewait_by_sk[entry.sk]
@@ -183,6 +188,7 @@ class Tracker:
         entry = self._timewait_by_sk.pop(sk, None)
         if entry is not None and entry.state == _TIME_WAIT:
             self.counts[(entry.port, _TIME_WAIT)] -= 1
+            self.timewait_now -= 1
             entry.state = _CLOSE
             self.timewait_cancelled += 1
 
@@ -203,7 +209,7 @@ class Tracker:
             return TrackerStats(
                 events=self.events,
                 sockets=len(self.sockets),
-                timewait=sum(n for (_, state), n in self.counts.items() if state == _TIME_WAIT),
+                timewait=self.timewait_now,
                 evicted=self.evicted,
                 timewait_entered=self.timewait_entered,
                 timewait_cancelled_by_reset=self.timewait_cancelled,

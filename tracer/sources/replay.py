@@ -60,9 +60,9 @@ class ReplaySource:
                 if len(batch) >= self._batch_size:
                     break
         except ReplayError as exc:
+            self._error = exc  # every later read says so too: a broken file never looks finished
             if not batch:
                 raise
-            self._error = exc
         return batch or None
 
     def transition_counts(self) -> dict[CountKey, int]:

@@ -78,8 +78,9 @@ class RingBufferReader:
             end = start + committed * stride
             # Read the records only after their headers said committed: the kernel
             # writes a record before it clears BUSY.
-            lengths = prod_mm[start:end:stride]
-            if lengths.count(self._record_size & 0xFF) != committed:
+            # The length is the header's low three bytes (the fourth holds the flags).
+            if any(prod_mm[start + i:end:stride].count((self._record_size >> 8 * i) & 0xFF) != committed
+                   for i in range(3)):
                 raise RecordMismatch(
                     f"ring buffer record length differs from the {self._record_size} bytes "
                     "this daemon decodes: the BPF program and tracer/core/record.py disagree")
