@@ -257,9 +257,10 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 }
 
 /* Resets: an orderly-looking close that was really a reset must not be
- * modelled as TIME_WAIT, and resets are worth counting on their own. */
-static __always_inline int emit_reset(u64 sk, u8 kind, u8 state, u16 family,
-				      u16 sport, u16 dport)
+ * modelled as TIME_WAIT, and resets are worth counting on their own. The
+ * caller fills the addresses; `ev` comes zeroed. */
+static __always_inline struct tcpstate_event *reset_event(u64 sk, u8 kind, u8 state,
+							  u16 sport, u16 dport)
 {
 	struct sockinfo fresh = {};
 	struct sockinfo *si = socks.lookup(&sk);
@@ -278,7 +279,6 @@ static __always_inline int emit_reset(u64 sk, u8 kind, u8 state, u16 family,
 	__builtin_memset(ev, 0, sizeof(*ev));
 	ev->ts_ns = bpf_ktime_get_ns();
 	ev->skaddr = sk;
-	ev->family = family;
 	ev->pid = si->pid;
 	ev->sport = sport;
 	ev->dport = dport;
@@ -289,17 +289,27 @@ static __always_inline int emit_reset(u64 sk, u8 kind, u8 state, u16 family,
 	ev->role = si->role;
 	ev->flags = si->flags;
 	__builtin_memcpy(ev->comm, si->comm, sizeof(ev->comm));
+	return ev;
+}
+
+static __always_inline void submit(struct tcpstate_event *ev)
+{
 	events.ringbuf_submit(ev, 0);
 	stat_inc(TCPSTATE_STAT_EVENTS);
-	return 0;
 }
 
 /* The tracepoint carries no state: 0 means "whatever the socket is in now",
  * which user space knows from the socket's identity. */
 TRACEPOINT_PROBE(tcp, tcp_receive_reset)
 {
-	return emit_reset((u64)args->skaddr, TCPSTATE_KIND_RESET_RX, 0,
-			  args->family, args->sport, args->dport);
+	struct tcpstate_event *ev = reset_event((u64)args->skaddr, TCPSTATE_KIND_RESET_RX, 0,
+						args->sport, args->dport);
+	if (ev) {
+		ev->family = copy_addrs(ev, args->family, args->saddr, args->daddr,
+					args->saddr_v6, args->daddr_v6);
+		submit(ev);
+	}
+	return 0;
 }
 
 TRACEPOINT_PROBE(tcp, tcp_send_reset)
@@ -309,12 +319,18 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
 
 	if (!sk)
 		return 0; /* a reset for a segment that matched no socket */
-	/* saddr/daddr hold a struct sockaddr_in or sockaddr_in6 (UAPI layout):
-	 * family in bytes 0-1, port in network order in bytes 2-3. */
+	/* saddr/daddr hold a struct sockaddr_in or sockaddr_in6 (UAPI layout): family
+	 * in bytes 0-1, port in network order in bytes 2-3, the IPv4 address in bytes
+	 * 4-7, the IPv6 address in bytes 8-23. For a full socket they are its own
+	 * addresses: a listener's reset names the listener, not the peer. */
 	bpf_probe_read_kernel(sa, sizeof(sa), args->saddr);
 	bpf_probe_read_kernel(da, sizeof(da), args->daddr);
 	u16 family = sa[0] | (sa[1] << 8);
-	u16 sport = (sa[2] << 8) | sa[3];
-	u16 dport = (da[2] << 8) | da[3];
-	return emit_reset(sk, TCPSTATE_KIND_RESET_TX, args->state, family, sport, dport);
+	struct tcpstate_event *ev = reset_event(sk, TCPSTATE_KIND_RESET_TX, args->state,
+						(sa[2] << 8) | sa[3], (da[2] << 8) | da[3]);
+	if (ev) {
+		ev->family = copy_addrs(ev, family, sa + 4, da + 4, sa + 8, da + 8);
+		submit(ev);
+	}
+	return 0;
 }

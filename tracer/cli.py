@@ -109,7 +109,7 @@ def _stream(source, printer, tracker, record=None, stop: threading.Event | None 
             if record is not None:
                 record.write(json.dumps(to_json(ev)) + "\n")
             if printer.wants(ev):
-                printer.print(ev, spent, ev[11] == 7 and tracker.in_timewait(ev[1]))
+                printer.print(ev, spent, ev[11] == 7 and tracker.in_timewait(ev))
         if batch:
             tracker.expire(batch[-1][0])
             printer.out.flush()

@@ -79,6 +79,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("timewait_seconds", float, 60.0,
             "how long the kernel keeps TIME_WAIT (Linux: TCP_TIMEWAIT_LEN, 60 s); only for kernels built otherwise",
             _positive),
+    Setting("timewait_reconcile_seconds", float, 10.0,
+            "how often the modelled TIME_WAIT sockets are checked against the kernel's socket table "
+            "(sock_diag); stretched to 10x the time a check takes", _positive),
     Setting("max_sockets", int, 524_288,
             "sockets tracked at most (live and TIME_WAIT each); the oldest are evicted past it", _positive),
     Setting("ring_buffer_mib", int, 64,
@@ -95,6 +98,7 @@ class Config:
     web_listen_address: str
     msl: float
     timewait_seconds: float
+    timewait_reconcile_seconds: float
     max_sockets: int
     ring_buffer_mib: int
     cache_dir: Path

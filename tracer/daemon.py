@@ -11,6 +11,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -96,9 +97,61 @@ class Pipeline:
         return True, f"program attached, {self.tracker.events} events processed"
 
 
+class TimewaitReconciler:
+    """Checks the modelled TIME_WAIT sockets against the kernel's table, off the event path.
+
+    The dump runs in its own thread; only the comparison takes the tracker's lock.
+    The interval stretches to ten times what a dump costs, so a host with very many
+    TIME_WAIT sockets does not spend its CPU here.
+    """
+
+    GRACE_NS = 2_000_000_000  # events still on their way are not differences
+
+    def __init__(self, tracker: Tracker, clock: Clock, interval_s: float,
+                 dump: Callable[[], dict] | None = None) -> None:
+        from tracer import kernel_table
+
+        self.tracker = tracker
+        self.clock = clock
+        self.interval_s = interval_s
+        self.dump = dump or kernel_table.timewait_connections
+        self.last_duration_s = 0.0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="timewait-reconciler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def reconcile_once(self) -> tuple[int, int]:
+        from tracer.kernel_table import KernelTableError
+
+        started = self.clock.monotonic_ns()
+        try:
+            kernel = self.dump()
+        except KernelTableError as exc:
+            self.failures += 1
+            log.warning("%s", exc)
+            return 0, 0
+        self.last_duration_s = (self.clock.monotonic_ns() - started) / 1e9
+        removed, added = self.tracker.reconcile_timewait(kernel, started, self.GRACE_NS)
+        if removed or added:
+            log.debug("TIME_WAIT reconciled with the kernel: %d ended early, %d found", removed, added)
+        return removed, added
+
+    def _run(self) -> None:
+        while not self._stop.wait(max(self.interval_s, 10 * self.last_duration_s)):
+            self.reconcile_once()
+
+
 @dataclass
 class Running:
     pipeline: Pipeline
+    reconciler: TimewaitReconciler
     server: object  # werkzeug BaseWSGIServer
     registry: CollectorRegistry
     address: str
@@ -139,16 +192,18 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
 
     tracker = Tracker(int(cfg.timewait_seconds * 1e9), cfg.max_sockets)
     pipeline = Pipeline(source, tracker, clock)
+    reconciler = TimewaitReconciler(tracker, clock, cfg.timewait_reconcile_seconds)
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(TcpStateCollector(source, tracker))
+    registry.register(TcpStateCollector(source, tracker, reconciler))
     app = create_app(registry, pipeline)
     host, port = parse_listen_address(cfg.web_listen_address)
     server = make_server(host, port, app, threaded=True, fd=listener.fileno())
     pipeline.start()
+    reconciler.start()
     threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
     log.info("serving /metrics, /healthz, /readyz on http://%s (started in %.2f s)",
              cfg.web_listen_address, time.monotonic() - started)
-    return Running(pipeline, server, registry, cfg.web_listen_address)
+    return Running(pipeline, reconciler, server, registry, cfg.web_listen_address)
 
 
 def run(cfg: Config) -> int:
@@ -162,6 +217,7 @@ def run(cfg: Config) -> int:
         stop.wait(0.5)
     log.info("stopping")
     running.server.shutdown()
+    running.reconciler.stop()
     running.pipeline.stop()
     running.pipeline.source.close()
     if running.pipeline.failure:

@@ -107,7 +107,11 @@ def _merge(common: Path, arch: Path, target: Path) -> None:
 
 def prepare(cache: Path = DEFAULT_CACHE) -> HeaderTree | None:
     """Finds or builds the header tree and points BCC at it."""
-    tree = find(cache=cache)
+    try:
+        tree = find(cache=cache)
+    except PermissionError as exc:
+        raise HeadersError(f"kernel headers: cannot use {exc.filename}: permission denied "
+                           "(run as root, or choose another --cache-dir)") from None
     if tree is not None:
         os.environ["BCC_KERNEL_SOURCE"] = str(tree.path)
     return tree

@@ -9,6 +9,7 @@ to the API, never to labels.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -21,10 +22,16 @@ OTHER_PORT = "other"  # counts whose port the kernel could not keep (counter map
 _STATE = EventKind.STATE.value
 
 
+class ReconcilerStats(Protocol):
+    last_duration_s: float
+    failures: int
+
+
 class TcpStateCollector(Collector):
-    def __init__(self, source: EventSource, tracker: Tracker) -> None:
+    def __init__(self, source: EventSource, tracker: Tracker, reconciler: ReconcilerStats | None = None) -> None:
         self._source = source
         self._tracker = tracker
+        self._reconciler = reconciler
 
     def collect(self) -> Iterator[Metric]:
         transitions = CounterMetricFamily(
@@ -52,6 +59,32 @@ class TcpStateCollector(Collector):
             )
         lost.add_metric([], self._source.lost())
         yield lost
+
+        stats = self._tracker.stats()
+        corrections = CounterMetricFamily(
+            "tcpstate_timewait_corrections",
+            "Modelled TIME_WAIT sockets corrected by what no tracepoint shows: ended by a reset "
+            "after the close (reset), taken over by a new connect() (reused), absent from the "
+            "kernel's socket table (absent_in_kernel: killed early, e.g. by a peer's reset), or "
+            "present there but not modelled (found_in_kernel)",
+            labels=["reason"])
+        corrections.add_metric(["reset"], stats.timewait_cancelled_by_reset)
+        corrections.add_metric(["reused"], stats.timewait_reused)
+        corrections.add_metric(["absent_in_kernel"], stats.timewait_reconciled_removed)
+        corrections.add_metric(["found_in_kernel"], stats.timewait_reconciled_added)
+        yield corrections
+
+        if self._reconciler is not None:
+            scan = GaugeMetricFamily(
+                "tcpstate_timewait_reconcile_duration_seconds",
+                "How long the last read of the kernel's TIME_WAIT sockets (sock_diag) took")
+            scan.add_metric([], self._reconciler.last_duration_s)
+            yield scan
+            failures = CounterMetricFamily(
+                "tcpstate_timewait_reconcile_failures",
+                "Reads of the kernel's socket table that failed (the model went unchecked)")
+            failures.add_metric([], self._reconciler.failures)
+            yield failures
 
 
 def _port(port: int | None) -> str:

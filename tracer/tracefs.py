@@ -21,8 +21,11 @@ class TracefsError(RuntimeError):
 
 def find(root: Path | None = None) -> Path | None:
     for path in ([root] if root else [MOUNT_POINT, LEGACY]):
-        if (path / "events").is_dir():
-            return path
+        try:
+            if (path / "events").is_dir():
+                return path
+        except PermissionError:
+            raise TracefsError(f"cannot read {path}: permission denied (run as root)") from None
     return None
 
 

@@ -112,7 +112,7 @@ def stop_daemon(daemon: Daemon) -> int:
 
 @pytest.fixture(scope="module")
 def daemon(live_host: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = start_daemon(tmp_path_factory.mktemp("daemon"))
+    d = start_daemon(tmp_path_factory.mktemp("daemon"), "--timewait-reconcile-seconds", "1")
     yield d
     code = stop_daemon(d)
     assert code == 0, f"daemon exited with {code}:\n{d.log.read_text()}"

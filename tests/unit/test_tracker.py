@@ -202,12 +202,30 @@ def test_socket_address_reused_during_time_wait(play, event):
     assert_consistent(tracker)
 
 
+def _again(client_port: int) -> list:
+    """The same connection once more from the same socket address, from ``client_port``."""
+    def port(p: int) -> int:
+        return client_port if p == 37176 else p
+    return [(CLIENT if sk == CLIENT else SERVER + 0x40, role, old, new, port(sport), port(dport))
+            for sk, role, old, new, sport, dport in CLIENT_CLOSES_FIRST]
+
+
+def test_same_connection_again_takes_over_its_time_wait(play):
+    """tcp_tw_reuse: a connect() of the same four-tuple replaces the TIME_WAIT socket."""
+    tracker = Tracker(TW_NS, 1000)
+    play(tracker, CLIENT_CLOSES_FIRST, start_ns=0)
+    play(tracker, _again(37176)[:2], start_ns=1_000_000)
+    assert nonzero(tracker) == {(PORT, S.ESTABLISHED): 1}
+    assert tracker.stats().timewait_reused == 1
+    play(tracker, _again(37176)[2:], start_ns=1_000_100)
+    assert nonzero(tracker) == {(PORT, S.TIME_WAIT): 1}
+    assert_consistent(tracker)
+
+
 def test_reused_address_closing_again_gives_two_time_waits(play):
     tracker = Tracker(TW_NS, 1000)
     play(tracker, CLIENT_CLOSES_FIRST, start_ns=0)
-    again = [(CLIENT if sk == CLIENT else SERVER + 0x40, role, old, new, sport, dport)
-             for sk, role, old, new, sport, dport in CLIENT_CLOSES_FIRST]
-    play(tracker, again, start_ns=1_000_000)
+    play(tracker, _again(37180), start_ns=1_000_000)
     assert nonzero(tracker) == {(PORT, S.TIME_WAIT): 2}
     tracker.expire(8 * US + TW_NS)  # the first one only
     assert nonzero(tracker) == {(PORT, S.TIME_WAIT): 1}
@@ -274,7 +292,7 @@ def test_cancelled_time_wait_does_not_take_a_slot(play, event):
     tracker = Tracker(TW_NS, 2)
     play(tracker, [(sk, Role.ACTIVE, S.FIN_WAIT2, S.CLOSE, 40000 + sk, 80) for sk in (1, 2)])
     tracker.apply(event(2, S.CLOSE, S.CLOSE, kind=EventKind.RESET_TX, ts_ns=2_000_000,
-                        service_port=80, role=Role.ACTIVE))
+                        sport=40002, dport=80, service_port=80, role=Role.ACTIVE))
     assert nonzero(tracker) == {(80, S.TIME_WAIT): 1}
     play(tracker, [(3, Role.ACTIVE, S.FIN_WAIT2, S.CLOSE, 40003, 80)], start_ns=3_000_000)
     assert [e.sk for e in live_timewait(tracker)] == [1, 3]

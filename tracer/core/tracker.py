@@ -16,12 +16,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tracer.core.record import Event
-from tracer.core.states import ACTIVE_CLOSE_STATES, EventKind, TcpState
+from tracer.core.states import ACTIVE_CLOSE_STATES, F_ROLE_INFERRED, EventKind, Role, TcpState
 
 _CLOSE = TcpState.CLOSE.value
 _TIME_WAIT = TcpState.TIME_WAIT.value
+_SYN_SENT = TcpState.SYN_SENT.value
 _ACTIVE_CLOSE = frozenset(int(s) for s in ACTIVE_CLOSE_STATES)
 _STATE = EventKind.STATE.value
+
+# A connection as the kernel's socket table keys it: (local address, local port,
+# remote address, remote port); addresses are the record's 16 raw bytes.
+Conn = tuple[bytes, int, bytes, int]
 
 
 class SocketEntry:
@@ -51,6 +56,16 @@ class SocketEntry:
         self.reset = False
 
 
+def _entry_for(conn: Conn, since_ns: int) -> SocketEntry:
+    """An entry for a TIME_WAIT known only from the kernel's socket table."""
+    saddr, sport, daddr, dport = conn
+    fam = 2 if saddr[4:] == bytes(12) and daddr[4:] == bytes(12) else 10
+    # Role and service port are unknown from the table alone; the remote port is
+    # the usual service port of an active closer.
+    return SocketEntry((since_ns, 0, saddr, daddr, 0, sport, dport, dport, fam, _STATE, 0,
+                        _TIME_WAIT, Role.UNKNOWN.value, F_ROLE_INFERRED, bytes(16)))
+
+
 @dataclass(frozen=True)
 class TrackerStats:
     events: int
@@ -59,6 +74,9 @@ class TrackerStats:
     evicted: int
     timewait_entered: int
     timewait_cancelled_by_reset: int
+    timewait_reused: int
+    timewait_reconciled_removed: int
+    timewait_reconciled_added: int
 
 
 class Tracker:
@@ -74,9 +92,11 @@ class Tracker:
         # Sockets now modelled in TIME_WAIT, oldest first: all share one length, so
         # a FIFO is also the expiry order.
         self.timewait: deque[SocketEntry] = deque()
-        # The same entries by identity, so a reset that follows the close (the
-        # kernel sets CLOSE before it sends an abortive reset) can cancel them.
-        self._timewait_by_sk: dict[int, SocketEntry] = {}
+        # The same entries by connection (local address and port, remote address
+        # and port): how a reset that follows the close finds them (the kernel sets
+        # CLOSE before it sends an abortive reset), and how the kernel's socket
+        # table is matched against them.
+        self._timewait_by_conn: dict[Conn, SocketEntry] = {}
         # (service port, state) -> sockets now in it. Keys are kept at zero, so a
         # port in use keeps its series.
         self.counts: dict[tuple[int, int], int] = {}
@@ -85,6 +105,9 @@ class Tracker:
         self.timewait_now = 0  # live entries in self.timewait (cancelled ones excluded)
         self.timewait_entered = 0
         self.timewait_cancelled = 0
+        self.timewait_reused = 0
+        self.timewait_reconciled_removed = 0
+        self.timewait_reconciled_added = 0
 
     # -- writer side -------------------------------------------------------------
 
@@ -93,7 +116,7 @@ class Tracker:
         previous state, or -1 when that is not known."""
         self.events += 1
         if ev[9] != _STATE:
-            self._reset(ev[1])
+            self._reset(ev)
             return -1
         counts = self.counts
         sk = ev[1]
@@ -102,8 +125,6 @@ class Tracker:
         entry = self.sockets.get(sk)
         if entry is None:
             spent = -1
-            if self._timewait_by_sk:
-                self._timewait_by_sk.pop(sk, None)  # the address is in use again
             entry = SocketEntry(ev)
             old = ev[10]
             if new != _CLOSE:
@@ -124,6 +145,12 @@ class Tracker:
             entry.flags = ev[13]
             if new == _CLOSE:
                 del self.sockets[sk]
+            elif old == _SYN_SENT and self._timewait_by_conn:
+                # tcp_tw_reuse: a connect() may take over a TIME_WAIT of the same connection.
+                earlier = self._timewait_by_conn.get((ev[2], ev[5], ev[3], ev[6]))
+                if earlier is not None:
+                    self._cancel_timewait(earlier)
+                    self.timewait_reused += 1
         if new == _CLOSE:
             if old in _ACTIVE_CLOSE and not entry.reset:
                 self._enter_timewait(entry)
@@ -159,6 +186,11 @@ class Tracker:
         self.counts.setdefault(key, 0)
 
     def _enter_timewait(self, entry: SocketEntry) -> None:
+        conn = (entry.saddr, entry.sport, entry.daddr, entry.dport)
+        earlier = self._timewait_by_conn.get(conn)
+        if earlier is not None:  # the kernel holds one TIME_WAIT per connection
+            self._cancel_timewait(earlier)
+            self.timewait_reused += 1
         while self.timewait_now >= self.max_sockets:
             oldest = self.timewait.popleft()
             if oldest.state == _TIME_WAIT:  # entries cancelled by a reset hold no slot
@@ -166,7 +198,7 @@ class Tracker:
             self._leave_timewait(oldest)
         entry.state = _TIME_WAIT
         self.timewait.append(entry)
-        self._timewait_by_sk[entry.sk] = entry
+        self._timewait_by_conn[conn] = entry
         key = (entry.port, _TIME_WAIT)
         self.counts[key] = self.counts.get(key, 0) + 1
         self.timewait_now += 1
@@ -177,27 +209,60 @@ class Tracker:
             self.counts[(entry.port, _TIME_WAIT)] -= 1
             self.timewait_now -= 1
             entry.state = _CLOSE
-        if self._timewait_by_sk.get(entry.sk) is entry:
-            del self._timewait_by_sk[entry.sk]
+        conn = (entry.saddr, entry.sport, entry.daddr, entry.dport)
+        if self._timewait_by_conn.get(conn) is entry:
+            del self._timewait_by_conn[conn]
 
-    def _reset(self, sk: int) -> None:
-        entry = self.sockets.get(sk)
+    def _cancel_timewait(self, entry: SocketEntry) -> None:
+        """Ends a TIME_WAIT before its time; the entry leaves the FIFO when it reaches the front."""
+        self.counts[(entry.port, _TIME_WAIT)] -= 1
+        self.timewait_now -= 1
+        entry.state = _CLOSE
+        del self._timewait_by_conn[(entry.saddr, entry.sport, entry.daddr, entry.dport)]
+
+    def _reset(self, ev: Event) -> None:
+        entry = self.sockets.get(ev[1])
         if entry is not None:
             entry.reset = True
             return
-        entry = self._timewait_by_sk.pop(sk, None)
-        if entry is not None and entry.state == _TIME_WAIT:
-            self.counts[(entry.port, _TIME_WAIT)] -= 1
-            self.timewait_now -= 1
-            entry.state = _CLOSE
+        entry = self._timewait_by_conn.get((ev[2], ev[5], ev[3], ev[6]))
+        if entry is not None:
+            self._cancel_timewait(entry)
             self.timewait_cancelled += 1
+
+    def reconcile_timewait(self, kernel: dict[Conn, int], dumped_at_ns: int, grace_ns: int) -> tuple[int, int]:
+        """Makes the modelled TIME_WAIT agree with the kernel's socket table.
+
+        ``kernel`` maps each TIME_WAIT connection the kernel held at ``dumped_at_ns``
+        to the nanoseconds its timer had left. The model misses what no tracepoint
+        shows: a TIME_WAIT killed early (a reset from a peer's listener, RFC 1337;
+        tcp_tw_reuse), or kept longer (a retransmitted FIN re-arms its timer). Only
+        entries older than ``grace_ns`` on either side are judged, so events still
+        on their way do not count as differences. Returns (removed, added).
+        """
+        removed = added = 0
+        horizon = dumped_at_ns - grace_ns
+        # Near their end the kernel's timer and the model's may disagree by a little.
+        ending = dumped_at_ns - self.timewait_ns + grace_ns
+        with self.lock:
+            for conn, entry in list(self._timewait_by_conn.items()):
+                if ending < entry.since_ns < horizon and conn not in kernel:
+                    self._cancel_timewait(entry)
+                    removed += 1
+            for conn, remaining_ns in kernel.items():
+                since = dumped_at_ns - max(0, self.timewait_ns - remaining_ns)
+                if since < horizon and conn not in self._timewait_by_conn:
+                    self._enter_timewait(_entry_for(conn, since))
+                    added += 1
+        self.timewait_reconciled_removed += removed
+        self.timewait_reconciled_added += added
+        return removed, added
 
     # -- reader side -------------------------------------------------------------
 
-    def in_timewait(self, sk: int) -> bool:
-        """Whether the connection last closed at this socket address is modelled in TIME_WAIT."""
-        entry = self._timewait_by_sk.get(sk)
-        return entry is not None and entry.state == _TIME_WAIT
+    def in_timewait(self, ev: Event) -> bool:
+        """Whether the connection of this event is now modelled in TIME_WAIT."""
+        return (ev[2], ev[5], ev[3], ev[6]) in self._timewait_by_conn
 
     def snapshot(self) -> dict[tuple[int, int], int]:
         """(service port, state) -> sockets now in that state, TIME_WAIT included."""
@@ -213,4 +278,7 @@ class Tracker:
                 evicted=self.evicted,
                 timewait_entered=self.timewait_entered,
                 timewait_cancelled_by_reset=self.timewait_cancelled,
+                timewait_reused=self.timewait_reused,
+                timewait_reconciled_removed=self.timewait_reconciled_removed,
+                timewait_reconciled_added=self.timewait_reconciled_added,
             )

@@ -58,12 +58,16 @@ class BccSource:
             self._bpf = bcc.BPF(src_file=str(PROGRAM).encode(), cflags=cflags)
         except Exception as exc:  # bcc raises bare Exception for compile and load errors
             raise SourceError(f"loading {PROGRAM.name} failed: {exc} (run `tcpstate-tracer check`)") from None
-        events = self._bpf["events"]
-        self._ring = RingBufferReader(events.map_fd, events.max_entries, record.FORMAT)
-        self._counts = self._bpf["counts"]
-        self._overflow = self._bpf["overflow_counts"]
-        self._stats = self._bpf["stats"]
-        self._socks = self._bpf["socks"]
+        try:
+            events = self._bpf[b"events"]
+            self._ring = RingBufferReader(events.map_fd, events.max_entries, record.FORMAT)
+        except (OSError, ValueError) as exc:
+            self._bpf.cleanup()
+            raise SourceError(f"mapping the events ring buffer failed: {exc}") from None
+        self._counts = self._bpf[b"counts"]
+        self._overflow = self._bpf[b"overflow_counts"]
+        self._stats = self._bpf[b"stats"]
+        self._socks = self._bpf[b"socks"]
         log.info("attached to sock:inet_sock_set_state, tcp:tcp_receive_reset, tcp:tcp_send_reset "
                  "(ring buffer %d MiB)", events.max_entries >> 20)
 

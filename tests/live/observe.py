@@ -1,0 +1,46 @@
+"""Reading what the daemon and the kernel say: /metrics samples, and ss."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.live.conftest import Daemon
+
+
+def samples(text: str, name: str, **labels: str) -> dict[tuple, float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def ss_timewait(port: int) -> int:
+    out = subprocess.run(["ss", "-Htan", "state", "time-wait", f"( dport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return len(out.splitlines())
+
+
+def timewait_metric(daemon: Daemon, port: int) -> float:
+    return sum(samples(daemon.metrics(), "tcpstate_sockets", port=str(port), state="TIME_WAIT").values())
+
+
+def corrections(daemon: Daemon, reason: str) -> float:
+    return sum(samples(daemon.metrics(), "tcpstate_timewait_corrections_total", reason=reason).values())
+
+
+def wait_timewait_equal(daemon: Daemon, port: int, expected: int | None = None, timeout: float = 15.0) -> int:
+    """Waits until the model's TIME_WAIT count for ``port`` equals the kernel's (and
+    ``expected``, when given); returns the count."""
+    deadline = time.monotonic() + timeout
+    while True:
+        model, kernel = timewait_metric(daemon, port), ss_timewait(port)
+        if model == kernel and expected in (None, kernel):
+            return kernel
+        if time.monotonic() > deadline:
+            raise AssertionError(f"TIME_WAIT on port {port}: model {model}, kernel {kernel}, expected {expected}")
+        time.sleep(0.25)

@@ -1,0 +1,48 @@
+"""TIME_WAIT against the kernel's socket table: what no tracepoint shows is corrected."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.live import traffic
+from tests.live.conftest import Daemon, start_daemon, stop_daemon
+from tests.live.observe import corrections, ss_timewait, wait_timewait_equal
+
+
+@pytest.fixture
+def fast_daemon(live_host, tmp_path) -> Iterator[Daemon]:
+    d = start_daemon(tmp_path, "--timewait-reconcile-seconds", "1")
+    yield d
+    assert stop_daemon(d) == 0, d.log.read_text()
+
+
+def test_timewait_killed_in_the_kernel_is_corrected(fast_daemon: Daemon):
+    port = traffic.quiet_port()
+    run = traffic.client_closed(port, 20)
+    wait_timewait_equal(fast_daemon, port, 20)
+    before = corrections(fast_daemon, "absent_in_kernel")
+    # SOCK_DESTROY on five of them: gone from the kernel, and no tracepoint says so
+    # (as when a peer's listener answers a late ACK with a reset, RFC 1337).
+    victims = run.client_ports[:5]
+    sports = " or ".join(f"sport = :{p}" for p in victims)
+    subprocess.run(["ss", "-K", "-tan", "state", "time-wait", f"( dport = :{port} ) and ( {sports} )"],
+                   check=True, capture_output=True)
+    assert ss_timewait(port) == 15
+    wait_timewait_equal(fast_daemon, port, 15)
+    assert corrections(fast_daemon, "absent_in_kernel") - before >= 5
+
+
+def test_timewait_from_before_the_start_is_found(live_host, tmp_path):
+    port = traffic.quiet_port()
+    traffic.client_closed(port, 10)
+    time.sleep(2.5)  # older than the reconciler's grace period
+    daemon = start_daemon(tmp_path, "--timewait-reconcile-seconds", "1")
+    try:
+        wait_timewait_equal(daemon, port, 10)
+        assert corrections(daemon, "found_in_kernel") >= 10
+    finally:
+        assert stop_daemon(daemon) == 0, daemon.log.read_text()
