@@ -150,6 +150,40 @@ static __always_inline u8 copy_addrs(struct tcpstate_event *ev, u16 family,
 	return FAMILY_INET6;
 }
 
+/* A zeroed record with everything but the addresses filled in, or NULL (and the
+ * loss counted) when the ring buffer is full. The caller adds the addresses. */
+static __always_inline struct tcpstate_event *new_event(u64 sk, struct sockinfo *si, u8 kind,
+							u8 oldstate, u8 newstate,
+							u16 sport, u16 dport)
+{
+	struct tcpstate_event *ev = events.ringbuf_reserve(sizeof(*ev));
+
+	if (!ev) {
+		stat_inc(TCPSTATE_STAT_RINGBUF_FULL);
+		return 0;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->skaddr = sk;
+	ev->pid = si->pid;
+	ev->sport = sport;
+	ev->dport = dport;
+	ev->service_port = si->service_port;
+	ev->kind = kind;
+	ev->oldstate = oldstate;
+	ev->newstate = newstate;
+	ev->role = si->role;
+	ev->flags = si->flags;
+	__builtin_memcpy(ev->comm, si->comm, sizeof(ev->comm));
+	return ev;
+}
+
+static __always_inline void submit(struct tcpstate_event *ev)
+{
+	events.ringbuf_submit(ev, 0);
+	stat_inc(TCPSTATE_STAT_EVENTS);
+}
+
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
 	if (args->protocol != PROTO_TCP)
@@ -223,27 +257,12 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 
 	count(si->service_port, TCPSTATE_KIND_STATE, oldstate, newstate);
 
-	struct tcpstate_event *ev = events.ringbuf_reserve(sizeof(*ev));
+	struct tcpstate_event *ev = new_event(sk, si, TCPSTATE_KIND_STATE, oldstate, newstate,
+					      sport, dport);
 	if (ev) {
-		__builtin_memset(ev, 0, sizeof(*ev));
-		ev->ts_ns = bpf_ktime_get_ns();
-		ev->skaddr = sk;
 		ev->family = copy_addrs(ev, args->family, args->saddr, args->daddr,
 					args->saddr_v6, args->daddr_v6);
-		ev->pid = si->pid;
-		ev->sport = sport;
-		ev->dport = dport;
-		ev->service_port = si->service_port;
-		ev->kind = TCPSTATE_KIND_STATE;
-		ev->oldstate = oldstate;
-		ev->newstate = newstate;
-		ev->role = si->role;
-		ev->flags = si->flags;
-		__builtin_memcpy(ev->comm, si->comm, sizeof(ev->comm));
-		events.ringbuf_submit(ev, 0);
-		stat_inc(TCPSTATE_STAT_EVENTS);
-	} else {
-		stat_inc(TCPSTATE_STAT_RINGBUF_FULL);
+		submit(ev);
 	}
 
 	if (newstate == ST_CLOSE) {
@@ -257,8 +276,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 }
 
 /* Resets: an orderly-looking close that was really a reset must not be
- * modelled as TIME_WAIT, and resets are worth counting on their own. The
- * caller fills the addresses; `ev` comes zeroed. */
+ * modelled as TIME_WAIT, and resets are worth counting on their own. */
 static __always_inline struct tcpstate_event *reset_event(u64 sk, u8 kind, u8 state,
 							  u16 sport, u16 dport)
 {
@@ -270,33 +288,9 @@ static __always_inline struct tcpstate_event *reset_event(u64 sk, u8 kind, u8 st
 		infer(si, sport, dport);
 	}
 	count(si->service_port, kind, state, state);
-
-	struct tcpstate_event *ev = events.ringbuf_reserve(sizeof(*ev));
-	if (!ev) {
-		stat_inc(TCPSTATE_STAT_RINGBUF_FULL);
-		return 0;
-	}
-	__builtin_memset(ev, 0, sizeof(*ev));
-	ev->ts_ns = bpf_ktime_get_ns();
-	ev->skaddr = sk;
-	ev->pid = si->pid;
-	ev->sport = sport;
-	ev->dport = dport;
-	ev->service_port = si->service_port;
-	ev->kind = kind;
-	ev->oldstate = state;
-	ev->newstate = state;
-	ev->role = si->role;
-	ev->flags = si->flags;
-	__builtin_memcpy(ev->comm, si->comm, sizeof(ev->comm));
-	return ev;
+	return new_event(sk, si, kind, state, state, sport, dport);
 }
 
-static __always_inline void submit(struct tcpstate_event *ev)
-{
-	events.ringbuf_submit(ev, 0);
-	stat_inc(TCPSTATE_STAT_EVENTS);
-}
 
 /* The tracepoint carries no state: 0 means "whatever the socket is in now",
  * which user space knows from the socket's identity. */

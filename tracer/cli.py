@@ -99,7 +99,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _stream(source, printer, tracker, record=None, stop: threading.Event | None = None) -> None:
     """Applies every event of ``source`` to ``tracker`` and prints what the printer wants."""
     from tracer.core.record import to_json
+    from tracer.core.states import TcpState
 
+    close = TcpState.CLOSE.value
     while stop is None or not stop.is_set():
         batch = source.read(0.2)
         if batch is None:
@@ -109,7 +111,7 @@ def _stream(source, printer, tracker, record=None, stop: threading.Event | None 
             if record is not None:
                 record.write(json.dumps(to_json(ev)) + "\n")
             if printer.wants(ev):
-                printer.print(ev, spent, ev[11] == 7 and tracker.in_timewait(ev))
+                printer.print(ev, spent, ev[11] == close and tracker.in_timewait(ev))
         if batch:
             tracker.expire(batch[-1][0])
             printer.out.flush()

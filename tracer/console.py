@@ -6,7 +6,7 @@ import json
 import time
 from typing import TextIO
 
-from tracer.core.record import Event, comm_text, format_addr, role_name, to_json
+from tracer.core.record import AF_INET, Event, comm_text, format_addr, role_name, to_json
 from tracer.core.states import STATE_NAMES, EventKind
 
 _RESET_WORDS = {EventKind.RESET_RX.value: "reset received", EventKind.RESET_TX.value: "reset sent"}
@@ -50,7 +50,7 @@ class TransitionPrinter:
         ts, _sk, saddr, daddr, pid, sport, dport, svc, fam, kind, old, new, role, _fl, comm = ev
         wall = (ts + self.wall_offset_ns) / 1e9
         clock = time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall * 1e6) % 1_000_000:06d}"
-        v6 = fam != 2
+        v6 = fam != AF_INET
         if kind == EventKind.STATE.value:
             what = f"{STATE_NAMES[old]} -> {STATE_NAMES[new]}" + (" (TIME_WAIT)" if timewait else "")
         else:

@@ -14,7 +14,7 @@ from typing import Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tracer.core.states import STATE_NAMES, EventKind, TcpState
+from tracer.core.states import STATE_NAMES, EventKind
 from tracer.core.tracker import Tracker
 from tracer.sources import EventSource
 
@@ -95,6 +95,3 @@ def _key(item: tuple) -> tuple:
     (port, kind, old, new), _ = item
     return (-1 if port is None else port, kind, old, new)
 
-
-# Every state name a label can carry, for tests and dashboards.
-STATE_LABELS = tuple(s.name for s in TcpState)
