@@ -60,7 +60,7 @@ def _listen_address(value: str) -> str | None:
     try:
         parse_listen_address(value)
     except ValueError as exc:
-        return str(exc)
+        return str(exc).removeprefix(repr(value) + " ")
     return None
 
 
@@ -118,7 +118,7 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host or "[" in host or "]" in host:
-        raise ValueError(f"{value!r}: write an IPv6 address in brackets, as [::1]:9876")
+        raise ValueError(f"{value!r} needs brackets around an IPv6 address, as in [::1]:9876")
     return host or "0.0.0.0", int(port)
 
 
