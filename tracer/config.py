@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tracer.core.detector import WATCHED, Rules
+from tracer.core.states import TcpState
 
 ENV_PREFIX = "TCPSTATE_TRACER_"
 
@@ -34,6 +37,7 @@ class Setting:
     default: Any
     help: str
     check: Callable[[Any], str | None] = lambda value: None
+    file_only: bool = False  # tables: no flag, no environment variable
 
     @property
     def attr(self) -> str:
@@ -64,6 +68,37 @@ def _listen_address(value: str) -> str | None:
     return None
 
 
+def _seconds_table(table: Any, what: str) -> list[str]:
+    if not isinstance(table, Mapping):
+        return [f"{what} must map TCP states to seconds"]
+    problems = []
+    for state, seconds in table.items():
+        try:
+            if TcpState.parse(str(state)) not in WATCHED:
+                problems.append(f"{what}: {state} has no stuck rule (states: {', '.join(s.name for s in WATCHED)})")
+        except ValueError as exc:
+            problems.append(f"{what}: {exc}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+            problems.append(f"{what}: {state}: {seconds!r} is not a number of seconds greater than 0")
+    return problems
+
+
+def _thresholds(value: Mapping) -> str | None:
+    problems = _seconds_table(value, "thresholds")
+    return "; ".join(problems) or None
+
+
+def _port_thresholds(value: Mapping) -> str | None:
+    if not isinstance(value, Mapping):
+        return "must map ports to tables of state: seconds"
+    problems = []
+    for port, table in value.items():
+        if not str(port).isdigit() or not 0 < int(port) < 65536:
+            problems.append(f"{port!r} is not a port")
+        problems += _seconds_table(table, f"port {port}")
+    return "; ".join(problems) or None
+
+
 def _log_level(value: str) -> str | None:
     levels = ("debug", "info", "warning", "error")
     return None if value in levels else f"must be one of {', '.join(levels)}"
@@ -90,6 +125,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache_dir", Path, Path("/var/cache/tcpstate-tracer"),
             "where a kernel header tree is built when the running kernel has none"),
     Setting("log.level", str, "info", "debug, info, warning or error", _log_level),
+    Setting("stuck.thresholds", dict, {},
+            "seconds a socket may stay in a state before it counts as stuck, by state "
+            "(LAST_ACK, TIME_WAIT, CLOSE_WAIT, FIN_WAIT1, FIN_WAIT2, SYN_SENT, SYN_RECV); 2MSL unless set",
+            _thresholds, file_only=True),
+    Setting("stuck.ports", dict, {},
+            "per-port overrides of stuck.thresholds: {port: {state: seconds}}", _port_thresholds, file_only=True),
 )
 
 
@@ -103,11 +144,17 @@ class Config:
     ring_buffer_mib: int
     cache_dir: Path
     log_level: str
+    stuck_thresholds: dict = field(default_factory=dict)
+    stuck_ports: dict = field(default_factory=dict)
     config_file: Path | None = None
 
     @property
     def two_msl(self) -> float:
         return 2 * self.msl
+
+    def rules(self) -> Rules:
+        return Rules.build(self.msl, self.stuck_thresholds,
+                           {int(port): table for port, table in self.stuck_ports.items()})
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
@@ -133,6 +180,10 @@ def _coerce(setting: Setting, raw: Any, where: str) -> tuple[Any, str | None]:
             value = int(raw)
         elif kind is float:
             value = float(raw)
+        elif kind is dict:
+            if not isinstance(raw, Mapping):
+                raise ValueError
+            value = dict(raw)
         elif kind is Path:
             if not isinstance(raw, (str, Path)) or not str(raw):
                 raise ValueError
@@ -145,15 +196,17 @@ def _coerce(setting: Setting, raw: Any, where: str) -> tuple[Any, str | None]:
         return None, f"{setting.name} ({where}): {raw!r} is not a valid {kind.__name__}"
     problem = setting.check(value)
     if problem:
-        return None, f"{setting.name} ({where}): {value} {problem}"
+        shown = "" if kind is dict else f"{value} "
+        return None, f"{setting.name} ({where}): {shown}{problem}"
     return value, None
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    tables = {s.name for s in SETTINGS if s.kind is dict}
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and name not in tables:
             flat.update(_flatten(value, name + "."))
         else:
             flat[name] = value
@@ -183,8 +236,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config.file", dest="config_file", metavar="PATH",
                         help="YAML configuration file (flags override it, it overrides defaults)")
     for s in SETTINGS:
-        parser.add_argument(s.flag, dest=s.attr, default=None, metavar=s.kind.__name__.upper(),
-                            help=f"{s.help} (default {s.default}; env {s.env})")
+        if not s.file_only:
+            parser.add_argument(s.flag, dest=s.attr, default=None, metavar=s.kind.__name__.upper(),
+                                help=f"{s.help} (default {s.default}; env {s.env})")
 
 
 def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -206,6 +260,8 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
             else:
                 problems.append(f"config file {config_file}: unknown setting {name!r}")
     for s in SETTINGS:
+        if s.file_only:
+            continue
         if s.env in environ:
             raw[s.name] = (environ[s.env], f"environment {s.env}")
         if flags.get(s.attr) is not None:
@@ -221,4 +277,9 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
     if problems:
         raise ConfigError(problems)
     config_fields = {f.name for f in fields(Config)}
-    return Config(config_file=config_file, **{k: v for k, v in values.items() if k in config_fields})
+    cfg = Config(config_file=config_file, **{k: v for k, v in values.items() if k in config_fields})
+    try:
+        cfg.rules()
+    except ValueError as exc:
+        raise ConfigError([f"stuck: {exc}"]) from None
+    return cfg

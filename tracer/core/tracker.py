@@ -3,26 +3,32 @@
 One writer applies events; readers take snapshots under the same lock. The
 tracepoint never reports TIME_WAIT, so the tracker models it: an orderly active
 close (FIN_WAIT1, FIN_WAIT2 or CLOSING to CLOSE, no reset) hands the connection to
-a timewait mini-socket that lives for the kernel's TIME_WAIT length (2 MSL on
-Linux: TCP_TIMEWAIT_LEN, 60 s). The model cannot see a TIME_WAIT timer re-armed by
-a retransmitted FIN; only the kernel's socket table shows that.
+a timewait mini-socket that lives for the kernel's TIME_WAIT length (TCP_TIMEWAIT_LEN,
+60 s). What no tracepoint shows (a TIME_WAIT killed early, or kept alive by a
+retransmitted FIN that re-arms its timer) comes from the kernel's socket table
+through ``reconcile``, which also tells each socket's network namespace, and
+``load_baseline`` brings in the sockets that existed before the daemon started.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from tracer.core.detector import Report, Rules, Stuck
 from tracer.core.record import Event
 from tracer.core.states import ACTIVE_CLOSE_STATES, F_ROLE_INFERRED, EventKind, Role, TcpState
 
 _CLOSE = TcpState.CLOSE.value
 _TIME_WAIT = TcpState.TIME_WAIT.value
 _SYN_SENT = TcpState.SYN_SENT.value
+_LISTEN = TcpState.LISTEN.value
 _ACTIVE_CLOSE = frozenset(int(s) for s in ACTIVE_CLOSE_STATES)
 _STATE = EventKind.STATE.value
+# A re-armed TIME_WAIT timer shows as more time left in the kernel than in the model.
+_REARM_SLACK_NS = 1_000_000_000
 
 # A connection as the kernel's socket table keys it: (local address, local port,
 # remote address, remote port); addresses are the record's 16 raw bytes.
@@ -30,11 +36,18 @@ Conn = tuple[bytes, int, bytes, int]
 
 
 class SocketEntry:
-    """What the table knows of one socket. ``since_ns`` is monotonic kernel time."""
+    """What the table knows of one socket. Times are monotonic kernel nanoseconds.
+
+    ``age_known`` is False for sockets found in the kernel's table rather than seen
+    entering their state: ``since_ns`` is then when the daemon first saw them.
+    ``expires_ns`` is set for a TIME_WAIT whose end the kernel's timer decides
+    (re-armed, or found in the table), 0 for one the model ends after the standard length.
+    """
 
     __slots__ = (
         "sk", "state", "since_ns", "first_ns", "port", "role", "family", "saddr", "sport",
-        "daddr", "dport", "pid", "comm", "flags", "reset",
+        "daddr", "dport", "pid", "comm", "flags", "reset", "netns", "age_known", "expires_ns",
+        "stuck_state",
     )
 
     def __init__(self, ev: Event) -> None:
@@ -54,16 +67,37 @@ class SocketEntry:
         self.comm = comm
         self.flags = flags
         self.reset = False
+        self.netns = 0  # unknown until the kernel's table names it
+        self.age_known = True
+        self.expires_ns = 0
+        self.stuck_state = 0  # the state this socket was last counted stuck in
+
+    @property
+    def conn(self) -> Conn:
+        return (self.saddr, self.sport, self.daddr, self.dport)
 
 
-def _entry_for(conn: Conn, since_ns: int) -> SocketEntry:
-    """An entry for a TIME_WAIT known only from the kernel's socket table."""
-    saddr, sport, daddr, dport = conn
-    fam = 2 if saddr[4:] == bytes(12) and daddr[4:] == bytes(12) else 10
-    # Role and service port are unknown from the table alone; the remote port is
-    # the usual service port of an active closer.
-    return SocketEntry((since_ns, 0, saddr, daddr, 0, sport, dport, dport, fam, _STATE, 0,
-                        _TIME_WAIT, Role.UNKNOWN.value, F_ROLE_INFERRED, bytes(16)))
+@dataclass(frozen=True)
+class KernelSocketInfo:
+    """A socket as the kernel's table shows it, in the core's terms (no netlink here)."""
+
+    conn: Conn
+    family: int
+    state: int
+    netns: int
+    expires_ns: int = 0  # time left on its timer (TIME_WAIT: time left in TIME_WAIT)
+    pid: int = 0
+    comm: str = ""
+
+
+def _entry_from_kernel(k: KernelSocketInfo, since_ns: int, role: int, port: int) -> SocketEntry:
+    saddr, sport, daddr, dport = k.conn
+    comm = k.comm.encode()[:15].ljust(16, b"\0")
+    entry = SocketEntry((since_ns, 0, saddr, daddr, k.pid, sport, dport, port, k.family, _STATE, 0,
+                         k.state, role, F_ROLE_INFERRED, comm))
+    entry.netns = k.netns
+    entry.age_known = False
+    return entry
 
 
 @dataclass(frozen=True)
@@ -77,37 +111,49 @@ class TrackerStats:
     timewait_reused: int
     timewait_reconciled_removed: int
     timewait_reconciled_added: int
+    timewait_rearmed: int
+    baseline_sockets: int
 
 
 class Tracker:
     """Applies events to the socket table and keeps per-(port, state) counts."""
 
-    def __init__(self, timewait_ns: int, max_sockets: int) -> None:
+    def __init__(self, timewait_ns: int, max_sockets: int, rules: Rules | None = None) -> None:
         if timewait_ns <= 0 or max_sockets <= 0:
             raise ValueError("timewait_ns and max_sockets must be positive")
         self.timewait_ns = timewait_ns
         self.max_sockets = max_sockets
+        self.rules = rules
+        self._stuck_floor = rules.lowest_ns() if rules else {}
         self.lock = threading.Lock()
         self.sockets: dict[int, SocketEntry] = {}
-        # Sockets now modelled in TIME_WAIT, oldest first: all share one length, so
-        # a FIFO is also the expiry order.
+        # Sockets now modelled in TIME_WAIT, oldest first: all share one length, so a
+        # FIFO is also the expiry order. Entries whose end the kernel's timer decides
+        # move to _extended (and are skipped here when they reach the front).
         self.timewait: deque[SocketEntry] = deque()
-        # The same entries by connection (local address and port, remote address
-        # and port): how a reset that follows the close finds them (the kernel sets
-        # CLOSE before it sends an abortive reset), and how the kernel's socket
-        # table is matched against them.
+        self._extended: dict[Conn, SocketEntry] = {}
+        # Every TIME_WAIT by connection: how a reset that follows the close finds it
+        # (the kernel sets CLOSE before it sends an abortive reset), and how the
+        # kernel's socket table is matched against the model.
         self._timewait_by_conn: dict[Conn, SocketEntry] = {}
+        # Sockets loaded from the kernel's table at start, until an event names them.
+        self._baseline_by_conn: dict[Conn, SocketEntry] = {}
         # (service port, state) -> sockets now in it. Keys are kept at zero, so a
         # port in use keeps its series.
         self.counts: dict[tuple[int, int], int] = {}
+        # (service port, state) -> sockets that crossed that state's stuck threshold.
+        self.stuck_total: dict[tuple[int, int], int] = {}
         self.events = 0
         self.evicted = 0
-        self.timewait_now = 0  # live entries in self.timewait (cancelled ones excluded)
+        self.timewait_now = 0  # live TIME_WAIT entries (cancelled ones excluded)
         self.timewait_entered = 0
         self.timewait_cancelled = 0
         self.timewait_reused = 0
         self.timewait_reconciled_removed = 0
         self.timewait_reconciled_added = 0
+        self.timewait_rearmed = 0
+        self.baseline_sockets = 0
+        self._synthetic_sk = 0  # keys for sockets known only from the kernel's table
 
     # -- writer side -------------------------------------------------------------
 
@@ -123,6 +169,8 @@ class Tracker:
         new = ev[11]
         svc = ev[7]
         entry = self.sockets.get(sk)
+        if entry is None and self._baseline_by_conn:
+            entry = self._adopt(sk, (ev[2], ev[5], ev[3], ev[6]))
         if entry is None:
             spent = -1
             entry = SocketEntry(ev)
@@ -130,13 +178,16 @@ class Tracker:
             if new != _CLOSE:
                 self._insert(entry)
         else:
-            spent = ev[0] - entry.since_ns
             old = entry.state
-            key = (entry.port, old)
-            counts[key] -= 1
+            spent = ev[0] - entry.since_ns if entry.age_known else -1
+            counts[(entry.port, old)] -= 1
+            if spent > self._stuck_floor.get(old, spent):
+                self._count_stuck(entry, spent)
             entry.state = new
             entry.since_ns = ev[0]
+            entry.age_known = True
             entry.port = svc
+            entry.role = ev[12]
             entry.sport = ev[5]  # 0 until connect() has bound the socket
             entry.saddr = ev[2]
             if ev[4]:
@@ -145,12 +196,8 @@ class Tracker:
             entry.flags = ev[13]
             if new == _CLOSE:
                 del self.sockets[sk]
-            elif old == _SYN_SENT and self._timewait_by_conn:
-                # tcp_tw_reuse: a connect() may take over a TIME_WAIT of the same connection.
-                earlier = self._timewait_by_conn.get((ev[2], ev[5], ev[3], ev[6]))
-                if earlier is not None:
-                    self._cancel_timewait(earlier)
-                    self.timewait_reused += 1
+            elif old == _SYN_SENT:
+                self._connected((ev[2], ev[5], ev[3], ev[6]))
         if new == _CLOSE:
             if old in _ACTIVE_CLOSE and not entry.reset:
                 self._enter_timewait(entry)
@@ -166,37 +213,72 @@ class Tracker:
                 apply(ev)
 
     def expire(self, now_ns: int) -> None:
-        """Ends the modelled TIME_WAITs older than the TIME_WAIT length."""
+        """Ends the TIME_WAITs whose time is up."""
         tw = self.timewait
         horizon = now_ns - self.timewait_ns
-        if not tw or tw[0].since_ns > horizon:
+        if (not tw or tw[0].since_ns > horizon) and not self._extended:
             return
         with self.lock:
             while tw and tw[0].since_ns <= horizon:
-                self._leave_timewait(tw.popleft())
+                entry = tw.popleft()
+                if not entry.expires_ns:  # the kernel's timer decides an extended one's end
+                    self._leave_timewait(entry, now_ns)
+            for entry in [e for e in self._extended.values() if e.expires_ns <= now_ns]:
+                self._leave_timewait(entry, now_ns)
 
     def _insert(self, entry: SocketEntry) -> None:
         sockets = self.sockets
         if len(sockets) >= self.max_sockets:
             oldest = sockets.pop(next(iter(sockets)))
             self.counts[(oldest.port, oldest.state)] -= 1
+            if self._baseline_by_conn.get(oldest.conn) is oldest:
+                del self._baseline_by_conn[oldest.conn]
             self.evicted += 1
         sockets[entry.sk] = entry
-        key = (entry.port, entry.state)
-        self.counts.setdefault(key, 0)
+        self.counts.setdefault((entry.port, entry.state), 0)
+
+    def _connected(self, conn: Conn) -> None:
+        """An active opener's connection is complete only after connect() bound its port."""
+        if self._timewait_by_conn:
+            # tcp_tw_reuse: a connect() may take over a TIME_WAIT of the same connection.
+            earlier = self._timewait_by_conn.get(conn)
+            if earlier is not None:
+                self._cancel_timewait(earlier)
+                self.timewait_reused += 1
+        if self._baseline_by_conn:
+            # Opened while the baseline was read: the table had it too.
+            twin = self._baseline_by_conn.pop(conn, None)
+            if twin is not None:
+                del self.sockets[twin.sk]
+                self.counts[(twin.port, twin.state)] -= 1
+                self.baseline_sockets -= 1
+
+    def _adopt(self, sk: int, conn: Conn) -> SocketEntry | None:
+        """The first event of a socket loaded from the kernel's table: it gets its identity."""
+        entry = self._baseline_by_conn.pop(conn, None)
+        if entry is not None:
+            del self.sockets[entry.sk]
+            entry.sk = sk
+            self.sockets[sk] = entry
+        return entry
 
     def _enter_timewait(self, entry: SocketEntry) -> None:
-        conn = (entry.saddr, entry.sport, entry.daddr, entry.dport)
+        conn = entry.conn
         earlier = self._timewait_by_conn.get(conn)
         if earlier is not None:  # the kernel holds one TIME_WAIT per connection
             self._cancel_timewait(earlier)
             self.timewait_reused += 1
         while self.timewait_now >= self.max_sockets:
-            oldest = self.timewait.popleft()
-            if oldest.state == _TIME_WAIT:  # entries cancelled by a reset hold no slot
-                self.evicted += 1
-            self._leave_timewait(oldest)
+            if self.timewait:
+                oldest = self.timewait.popleft()
+                if oldest.state != _TIME_WAIT or oldest.expires_ns:
+                    continue  # cancelled, or in _extended
+            else:
+                oldest = next(iter(self._extended.values()))
+            self.evicted += 1
+            self._cancel_timewait(oldest)
         entry.state = _TIME_WAIT
+        entry.stuck_state = 0
         self.timewait.append(entry)
         self._timewait_by_conn[conn] = entry
         key = (entry.port, _TIME_WAIT)
@@ -204,21 +286,30 @@ class Tracker:
         self.timewait_now += 1
         self.timewait_entered += 1
 
-    def _leave_timewait(self, entry: SocketEntry) -> None:
-        if entry.state == _TIME_WAIT:  # not cancelled by a reset meanwhile
-            self.counts[(entry.port, _TIME_WAIT)] -= 1
-            self.timewait_now -= 1
-            entry.state = _CLOSE
-        conn = (entry.saddr, entry.sport, entry.daddr, entry.dport)
-        if self._timewait_by_conn.get(conn) is entry:
-            del self._timewait_by_conn[conn]
+    def _timewait_age(self, entry: SocketEntry, now_ns: int) -> int:
+        """A TIME_WAIT the model ends on schedule is never older than the TIME_WAIT
+        length, however late the daemon gets round to ending it."""
+        age = now_ns - entry.since_ns
+        return age if entry.expires_ns else min(age, self.timewait_ns)
+
+    def _leave_timewait(self, entry: SocketEntry, now_ns: int) -> None:
+        if entry.state != _TIME_WAIT:  # cancelled meanwhile
+            return
+        spent = self._timewait_age(entry, now_ns)
+        if entry.age_known and spent > self._stuck_floor.get(_TIME_WAIT, spent):
+            self._count_stuck(entry, spent)
+        self._cancel_timewait(entry)
 
     def _cancel_timewait(self, entry: SocketEntry) -> None:
-        """Ends a TIME_WAIT before its time; the entry leaves the FIFO when it reaches the front."""
+        """Ends a TIME_WAIT; a FIFO entry leaves the FIFO when it reaches the front."""
         self.counts[(entry.port, _TIME_WAIT)] -= 1
         self.timewait_now -= 1
         entry.state = _CLOSE
-        del self._timewait_by_conn[(entry.saddr, entry.sport, entry.daddr, entry.dport)]
+        conn = entry.conn
+        if self._timewait_by_conn.get(conn) is entry:
+            del self._timewait_by_conn[conn]
+        if self._extended.get(conn) is entry:
+            del self._extended[conn]
 
     def _reset(self, ev: Event) -> None:
         entry = self.sockets.get(ev[1])
@@ -230,30 +321,99 @@ class Tracker:
             self._cancel_timewait(entry)
             self.timewait_cancelled += 1
 
-    def reconcile_timewait(self, kernel: dict[Conn, int], dumped_at_ns: int, grace_ns: int) -> tuple[int, int]:
-        """Makes the modelled TIME_WAIT agree with the kernel's socket table.
+    def _count_stuck(self, entry: SocketEntry, age_ns: int) -> None:
+        """Counts a socket once per visit to a state, when its age passes the state's threshold."""
+        rule = self.rules.rule(entry.port, entry.state) if self.rules else None
+        if rule is not None and age_ns > rule.threshold_ns and entry.stuck_state != entry.state:
+            entry.stuck_state = entry.state
+            key = (entry.port, entry.state)
+            self.stuck_total[key] = self.stuck_total.get(key, 0) + 1
 
-        ``kernel`` maps each TIME_WAIT connection the kernel held at ``dumped_at_ns``
-        to the nanoseconds its timer had left. The model misses what no tracepoint
-        shows: a TIME_WAIT killed early (a reset from a peer's listener, RFC 1337;
-        tcp_tw_reuse), or kept longer (a retransmitted FIN re-arms its timer). Only
-        entries older than ``grace_ns`` on either side are judged, so events still
-        on their way do not count as differences. Returns (removed, added).
+    # -- the kernel's socket table -----------------------------------------------
+
+    def load_baseline(self, kernel: Iterable[KernelSocketInfo], now_ns: int) -> int:
+        """Loads the sockets that exist before any event names them. Their age is
+        known only from now on; their role comes from the ports something listens on."""
+        kernel = list(kernel)
+        listening = {k.conn[1] for k in kernel if k.state == _LISTEN}
+        loaded = 0
+        with self.lock:
+            for k in kernel:
+                if k.state == _LISTEN:
+                    role, port = Role.LISTENER.value, k.conn[1]
+                elif k.conn[1] in listening:
+                    role, port = Role.PASSIVE.value, k.conn[1]
+                else:
+                    role, port = Role.ACTIVE.value, k.conn[3]
+                if k.state == _TIME_WAIT:
+                    if k.conn not in self._timewait_by_conn:
+                        self._add_kernel_timewait(k, now_ns, role, port)
+                        loaded += 1
+                    continue
+                if k.state == _CLOSE:
+                    continue
+                self._synthetic_sk -= 1
+                entry = _entry_from_kernel(k, now_ns, role, port)
+                entry.sk = self._synthetic_sk
+                self._insert(entry)
+                self.counts[(port, k.state)] += 1
+                self._baseline_by_conn[k.conn] = entry
+                loaded += 1
+            self.baseline_sockets += loaded
+        return loaded
+
+    def _add_kernel_timewait(self, k: KernelSocketInfo, now_ns: int, role: int, port: int) -> SocketEntry:
+        # Without a re-arm the TIME_WAIT began (length - time left) ago; that is a
+        # lower bound of its age, hence age_known stays False.
+        since = now_ns - max(0, self.timewait_ns - k.expires_ns)
+        entry = _entry_from_kernel(k, since, role, port)
+        entry.expires_ns = now_ns + k.expires_ns
+        self._enter_timewait(entry)
+        self._extended[k.conn] = entry
+        return entry
+
+    def reconcile(self, kernel: Mapping[Conn, KernelSocketInfo], dumped_at_ns: int,
+                  grace_ns: int) -> tuple[int, int]:
+        """Makes the model agree with the kernel's socket table, read at ``dumped_at_ns``.
+
+        ``kernel`` holds the TIME_WAIT sockets and those in the other watched
+        states, by connection. The model misses what no tracepoint shows: a
+        TIME_WAIT killed early (a reset from a peer's listener, RFC 1337), or kept
+        longer (a retransmitted FIN re-arms its timer). Only TIME_WAITs older than
+        ``grace_ns`` (and not about to end) are judged, so events still on their way
+        are no differences. Every socket found gets its network namespace.
+        Returns (TIME_WAITs removed, TIME_WAITs added).
         """
         removed = added = 0
         horizon = dumped_at_ns - grace_ns
-        # Near their end the kernel's timer and the model's may disagree by a little.
         ending = dumped_at_ns - self.timewait_ns + grace_ns
         with self.lock:
             for conn, entry in list(self._timewait_by_conn.items()):
-                if ending < entry.since_ns < horizon and conn not in kernel:
-                    self._cancel_timewait(entry)
-                    removed += 1
-            for conn, remaining_ns in kernel.items():
-                since = dumped_at_ns - max(0, self.timewait_ns - remaining_ns)
-                if since < horizon and conn not in self._timewait_by_conn:
-                    self._enter_timewait(_entry_for(conn, since))
-                    added += 1
+                k = kernel.get(conn)
+                if k is None or k.state != _TIME_WAIT:
+                    if entry.since_ns < horizon and (entry.expires_ns or entry.since_ns > ending):
+                        self._cancel_timewait(entry)
+                        removed += 1
+                    continue
+                entry.netns = k.netns
+                model_left = (entry.expires_ns or entry.since_ns + self.timewait_ns) - dumped_at_ns
+                if k.expires_ns > model_left + _REARM_SLACK_NS:
+                    if not entry.expires_ns:
+                        self.timewait_rearmed += 1
+                    entry.expires_ns = dumped_at_ns + k.expires_ns
+                    self._extended[conn] = entry
+            for conn, k in kernel.items():
+                if k.state == _TIME_WAIT and conn not in self._timewait_by_conn:
+                    since = dumped_at_ns - max(0, self.timewait_ns - k.expires_ns)
+                    if since < horizon:
+                        self._add_kernel_timewait(k, dumped_at_ns, Role.UNKNOWN.value, conn[3])
+                        added += 1
+            if kernel:
+                for entry in self.sockets.values():
+                    if entry.state in self._stuck_floor:
+                        k = kernel.get(entry.conn)
+                        if k is not None:
+                            entry.netns = k.netns
         self.timewait_reconciled_removed += removed
         self.timewait_reconciled_added += added
         return removed, added
@@ -269,6 +429,45 @@ class Tracker:
         with self.lock:
             return dict(self.counts)
 
+    def scan(self, now_ns: int) -> Report:
+        """Finds the sockets stuck now and the oldest socket of each (port, state).
+
+        The copy of the table is taken under the lock; the scan itself runs outside
+        it, so the writer waits only for the copy.
+        """
+        with self.lock:
+            live = list(self.sockets.values())
+            timewait = list(self._timewait_by_conn.values())
+            ports = {port for port, _ in self.counts}
+        stuck: list[Stuck] = []
+        oldest: dict[tuple[int, int], int] = {}
+        counts = {(port, state): 0 for port in ports for state in self._stuck_floor}
+        rules = self.rules
+        for entry in live + timewait:
+            state = entry.state
+            if state == _CLOSE:
+                continue
+            age = self._timewait_age(entry, now_ns) if state == _TIME_WAIT else now_ns - entry.since_ns
+            key = (entry.port, state)
+            if age > oldest.get(key, -1):
+                oldest[key] = age
+            if state in self._stuck_floor and age > self._stuck_floor[state]:
+                rule = rules.rule(entry.port, state)
+                if age > rule.threshold_ns:
+                    stuck.append(Stuck(entry, rule, age))
+                    counts[key] = counts.get(key, 0) + 1
+        if stuck:
+            with self.lock:
+                for s in stuck:
+                    if s.entry.state == s.rule.state.value:
+                        self._count_stuck(s.entry, s.age_ns)
+        stuck.sort(key=lambda s: -s.age_ns)
+        return Report(now_ns, stuck, counts, oldest)
+
+    def stuck_totals(self) -> dict[tuple[int, int], int]:
+        with self.lock:
+            return dict(self.stuck_total)
+
     def stats(self) -> TrackerStats:
         with self.lock:
             return TrackerStats(
@@ -281,4 +480,6 @@ class Tracker:
                 timewait_reused=self.timewait_reused,
                 timewait_reconciled_removed=self.timewait_reconciled_removed,
                 timewait_reconciled_added=self.timewait_reconciled_added,
+                timewait_rearmed=self.timewait_rearmed,
+                baseline_sockets=self.baseline_sockets,
             )

@@ -1,0 +1,205 @@
+"""Stuck sockets: rules, the scan, counting crossings, and the kernel's table feeding the model."""
+
+from __future__ import annotations
+
+import pytest
+
+from tracer.core.detector import WATCHED, Rules
+from tracer.core.states import Role, TcpState
+from tracer.core.tracker import KernelSocketInfo, Tracker
+
+S = TcpState
+SEC = 1_000_000_000
+TW_NS = 60 * SEC
+LO = bytes([127, 0, 0, 1]) + bytes(12)
+NETNS = 4026532000
+
+
+def conn(lport: int, rport: int) -> tuple:
+    return (LO, lport, LO, rport)
+
+
+def tracker(msl: float = 30, states=None, ports=None) -> Tracker:
+    return Tracker(TW_NS, 1000, Rules.build(msl, states, ports))
+
+
+def apply(t: Tracker, event, sk, role, old, new, sport, dport, ts_s: float) -> int:
+    port = dport if role == Role.ACTIVE else sport
+    return t.apply(event(sk, old, new, ts_ns=int(ts_s * SEC), sport=sport, dport=dport,
+                         service_port=port, role=role))
+
+
+def close_wait_socket(t: Tracker, event, sk=0x10, port=8080, peer=40000, at=0.0) -> None:
+    apply(t, event, sk, Role.PASSIVE, S.LISTEN, S.SYN_RECV, port, peer, at)
+    apply(t, event, sk, Role.PASSIVE, S.SYN_RECV, S.ESTABLISHED, port, peer, at)
+    apply(t, event, sk, Role.PASSIVE, S.ESTABLISHED, S.CLOSE_WAIT, port, peer, at)
+
+
+def client_timewait(t: Tracker, event, sk=0x20, port=8080, lport=40000, at=0.0) -> None:
+    for old, new in [(S.CLOSE, S.SYN_SENT), (S.SYN_SENT, S.ESTABLISHED), (S.ESTABLISHED, S.FIN_WAIT1),
+                     (S.FIN_WAIT1, S.FIN_WAIT2), (S.FIN_WAIT2, S.CLOSE)]:
+        apply(t, event, sk, Role.ACTIVE, old, new, lport, port, at)
+
+
+def stuck_states(report) -> list[tuple[int, str]]:
+    return [(s.entry.port, s.rule.state.name) for s in report.stuck]
+
+
+# -- rules --------------------------------------------------------------------------
+
+
+def test_every_watched_state_defaults_to_2msl():
+    rules = Rules.build(30)
+    assert {S(s).name: r.threshold_s for s, r in rules.defaults.items()} == {s.name: 60.0 for s in WATCHED}
+    assert rules.rule(80, S.LAST_ACK).describe().startswith("LAST_ACK longer than 2MSL (60 s):")
+
+
+@pytest.mark.parametrize("port, state, seconds, scope", [
+    (80, S.CLOSE_WAIT, 30, None),          # the state's own threshold
+    (5432, S.CLOSE_WAIT, 600, 5432),       # overridden for one port
+    (5432, S.LAST_ACK, 20, None),          # other states of that port keep the default (2MSL, msl 10)
+    (80, S.FIN_WAIT2, 5, None),            # any spelling of a state name
+])
+def test_thresholds_by_state_and_port(port, state, seconds, scope):
+    rules = Rules.build(10, {"CLOSE_WAIT": 30, "fin-wait-2": 5}, {5432: {"CLOSE_WAIT": 600}})
+    rule = rules.rule(port, state)
+    assert (rule.threshold_s, rule.port) == (seconds, scope)
+
+
+def test_rules_refuse_states_that_are_never_stuck():
+    with pytest.raises(ValueError, match="no stuck rule for ESTABLISHED"):
+        Rules.build(30, {"ESTABLISHED": 5})
+    with pytest.raises(ValueError, match="unknown TCP state"):
+        Rules.build(30, {}, {80: {"NOPE": 5}})
+
+
+# -- the scan -----------------------------------------------------------------------
+
+
+def test_close_wait_flagged_only_past_its_threshold(event):
+    t = tracker(states={"CLOSE_WAIT": 10})
+    close_wait_socket(t, event, at=0)
+    assert t.scan(10 * SEC).stuck == []  # exactly the threshold is not past it
+    report = t.scan(int(10.5 * SEC))
+    assert stuck_states(report) == [(8080, "CLOSE_WAIT")]
+    assert report.stuck[0].age_ns == int(10.5 * SEC)
+    assert report.counts[(8080, S.CLOSE_WAIT)] == 1
+    # Every watched state of a port in use has a series, so panels are never blank.
+    assert {state for (port, state) in report.counts if port == 8080} == {s.value for s in WATCHED}
+    assert report.oldest_ns[(8080, S.CLOSE_WAIT)] == int(10.5 * SEC)
+    assert t.stuck_totals() == {(8080, S.CLOSE_WAIT): 1}
+    t.scan(20 * SEC)
+    assert t.stuck_totals() == {(8080, S.CLOSE_WAIT): 1}, "one socket is counted once"
+
+
+def test_port_override_keeps_a_socket_unflagged(event):
+    t = tracker(states={"CLOSE_WAIT": 10}, ports={8080: {"CLOSE_WAIT": 100}})
+    close_wait_socket(t, event, port=8080, at=0)
+    close_wait_socket(t, event, sk=0x11, port=9090, at=0)
+    assert stuck_states(t.scan(50 * SEC)) == [(9090, "CLOSE_WAIT")]
+
+
+def test_a_socket_stuck_between_two_scans_is_still_counted(event):
+    """It crossed the threshold and left before anybody scanned: the alert must still fire."""
+    t = tracker(states={"CLOSE_WAIT": 10})
+    close_wait_socket(t, event, at=0)
+    apply(t, event, 0x10, Role.PASSIVE, S.CLOSE_WAIT, S.LAST_ACK, 8080, 40000, 11)
+    assert t.stuck_totals() == {(8080, S.CLOSE_WAIT): 1}
+    apply(t, event, 0x10, Role.PASSIVE, S.LAST_ACK, S.CLOSE, 8080, 40000, 11.001)
+    assert t.stuck_totals() == {(8080, S.CLOSE_WAIT): 1}
+
+
+def test_an_ordinary_timewait_is_never_stuck_with_default_msl(event):
+    t = tracker()
+    client_timewait(t, event, at=0)
+    assert t.scan(int(60.9 * SEC)).stuck == []  # not ended yet by expire(): still 60 s old at most
+    t.expire(61 * SEC)
+    assert t.stuck_totals() == {}
+    assert t.snapshot()[(8080, S.TIME_WAIT)] == 0
+
+
+def test_timewait_beyond_a_short_msl_is_stuck(event):
+    t = tracker(msl=10)
+    client_timewait(t, event, at=0)
+    assert stuck_states(t.scan(21 * SEC)) == [(8080, "TIME_WAIT")]
+
+
+# -- the kernel's table -------------------------------------------------------------
+
+
+def kernel_tw(c, left_s: float, netns: int = NETNS) -> KernelSocketInfo:
+    return KernelSocketInfo(conn=c, family=2, state=S.TIME_WAIT, netns=netns, expires_ns=int(left_s * SEC))
+
+
+def test_rearmed_timewait_outlives_2msl_and_is_flagged(event):
+    """The peer's retransmitted FIN re-arms the timer: the kernel shows more time left than the model."""
+    t = tracker()
+    client_timewait(t, event, at=0)
+    c = conn(40000, 8080)
+    # At 26 s a FIN came again: the kernel's timer is back near 60 s.
+    t.reconcile({c: kernel_tw(c, 59.5)}, 26.5 * SEC, 2 * SEC)
+    assert t.stats().timewait_rearmed == 1
+    t.expire(61 * SEC)
+    assert t.snapshot()[(8080, S.TIME_WAIT)] == 1, "the kernel still holds it"
+    report = t.scan(70 * SEC)
+    assert stuck_states(report) == [(8080, "TIME_WAIT")]
+    assert report.stuck[0].age_ns == 70 * SEC, "the age counts from the close, not from the last re-arm"
+    assert report.stuck[0].entry.netns == NETNS
+    # Re-armed again at 53 s; then the kernel lets it go at about 113 s.
+    t.reconcile({c: kernel_tw(c, 59.0)}, 54 * SEC, 2 * SEC)
+    t.expire(100 * SEC)
+    assert t.snapshot()[(8080, S.TIME_WAIT)] == 1
+    t.expire(113 * SEC)
+    assert t.snapshot()[(8080, S.TIME_WAIT)] == 0
+    assert t.stuck_totals() == {(8080, S.TIME_WAIT): 1}
+
+
+def test_timewait_the_kernel_dropped_is_removed_and_one_it_has_is_added(event):
+    t = tracker()
+    client_timewait(t, event, sk=0x20, lport=40000, at=0)
+    client_timewait(t, event, sk=0x21, lport=40001, at=0)
+    client_timewait(t, event, sk=0x22, lport=40002, at=9.5)  # too young to judge
+    other = conn(45000, 9090)
+    removed, added = t.reconcile({other: kernel_tw(other, 30)}, 10 * SEC, 2 * SEC)
+    assert (removed, added) == (2, 1)
+    assert {k: n for k, n in t.snapshot().items() if n} == {(8080, S.TIME_WAIT): 1, (9090, S.TIME_WAIT): 1}
+
+
+def test_netns_of_a_watched_socket_comes_from_the_kernel(event):
+    t = tracker()
+    close_wait_socket(t, event, at=0)
+    c = conn(8080, 40000)
+    t.reconcile({c: KernelSocketInfo(c, 2, S.CLOSE_WAIT, NETNS)}, 5 * SEC, 2 * SEC)
+    assert t.sockets[0x10].netns == NETNS
+
+
+def test_baseline_sockets_are_counted_and_adopted_by_their_first_event(event):
+    t = tracker(states={"CLOSE_WAIT": 10})
+    listener = KernelSocketInfo((LO, 8080, bytes(16), 0), 2, S.LISTEN, NETNS, pid=7, comm="srv")
+    accepted = KernelSocketInfo(conn(8080, 40000), 2, S.CLOSE_WAIT, NETNS)
+    outgoing = KernelSocketInfo(conn(41000, 443), 2, S.ESTABLISHED, NETNS)
+    tw = kernel_tw(conn(42000, 443), 30)
+    assert t.load_baseline([listener, accepted, outgoing, tw], 100 * SEC) == 4
+    assert {k: n for k, n in t.snapshot().items() if n} == {
+        (8080, S.LISTEN): 1, (8080, S.CLOSE_WAIT): 1, (443, S.ESTABLISHED): 1, (443, S.TIME_WAIT): 1}
+    # Age known only since the daemon started.
+    report = t.scan(111 * SEC)
+    assert stuck_states(report) == [(8080, "CLOSE_WAIT")]
+    assert report.stuck[0].entry.age_known is False
+    assert report.stuck[0].age_ns == 11 * SEC
+    # The first event of the accepted socket gives it its identity: no second entry.
+    spent = apply(t, event, 0x99, Role.PASSIVE, S.CLOSE_WAIT, S.LAST_ACK, 8080, 40000, 112)
+    assert spent == -1, "how long it was in CLOSE_WAIT is not known"
+    assert {k: n for k, n in t.snapshot().items() if n} == {
+        (8080, S.LISTEN): 1, (8080, S.LAST_ACK): 1, (443, S.ESTABLISHED): 1, (443, S.TIME_WAIT): 1}
+    assert t.sockets[0x99].age_known is True
+
+
+def test_socket_opened_while_the_baseline_was_read_is_not_counted_twice(event):
+    t = tracker()
+    t.load_baseline([KernelSocketInfo(conn(41000, 443), 2, S.ESTABLISHED, NETNS)], 100 * SEC)
+    # Its events were already in the ring buffer: connect() has no local port yet.
+    apply(t, event, 0x30, Role.ACTIVE, S.CLOSE, S.SYN_SENT, 0, 443, 99.9)
+    apply(t, event, 0x30, Role.ACTIVE, S.SYN_SENT, S.ESTABLISHED, 41000, 443, 99.9)
+    assert {k: n for k, n in t.snapshot().items() if n} == {(443, S.ESTABLISHED): 1}
+    assert len(t.sockets) == 1

@@ -1,0 +1,120 @@
+"""Stuck sockets: sockets older in their state than that state's threshold.
+
+LAST_ACK and TIME_WAIT are stuck past 2MSL: a LAST_ACK socket whose FIN is never
+acknowledged, a TIME_WAIT whose timer the peer's retransmitted FIN keeps re-arming.
+The other lingering states have thresholds of their own (2MSL unless configured,
+per state and per port): CLOSE_WAIT (the application never called close(), the
+classic leak), FIN_WAIT2 (half-closed, the peer never finishes), FIN_WAIT1,
+SYN_SENT and SYN_RECV.
+
+The detector only reads the tracker: ``scan`` returns what is stuck now, and the
+tracker counts each socket once per state as it crosses its threshold, whether a
+scan saw it or it left the state between two scans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tracer.core.states import TcpState
+
+WATCHED: tuple[TcpState, ...] = (
+    TcpState.LAST_ACK, TcpState.TIME_WAIT, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT1,
+    TcpState.FIN_WAIT2, TcpState.SYN_SENT, TcpState.SYN_RECV,
+)
+
+WHY = {
+    TcpState.LAST_ACK: "our FIN is never acknowledged: the peer is gone or its final ACK is lost",
+    TcpState.TIME_WAIT: "the peer keeps retransmitting its FIN, re-arming the timer: our final ACK is lost",
+    TcpState.CLOSE_WAIT: "the peer closed, and the application never called close() (a socket leak)",
+    TcpState.FIN_WAIT2: "half-closed: the peer never sent its FIN",
+    TcpState.FIN_WAIT1: "our FIN is never acknowledged",
+    TcpState.SYN_SENT: "connect() gets no answer",
+    TcpState.SYN_RECV: "the handshake's final ACK never came",
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    state: TcpState
+    threshold_ns: int
+    port: int | None  # None: the state's default
+    two_msl: bool  # the threshold is 2MSL
+
+    @property
+    def threshold_s(self) -> float:
+        return self.threshold_ns / 1e9
+
+    def describe(self) -> str:
+        limit = f"2MSL ({self.threshold_s:g} s)" if self.two_msl else f"{self.threshold_s:g} s"
+        scope = f" (rule for port {self.port})" if self.port is not None else ""
+        return f"{self.state.name} longer than {limit}{scope}: {WHY[self.state]}"
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Thresholds by state, overridable per port. Built once from the configuration."""
+
+    defaults: Mapping[int, Rule]
+    ports: Mapping[int, Mapping[int, Rule]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, msl_s: float, states: Mapping[str, float] | None = None,
+              ports: Mapping[int, Mapping[str, float]] | None = None) -> "Rules":
+        """``states`` and ``ports`` map state names (any spelling TcpState.parse takes) to seconds."""
+        two_msl_ns = int(2 * msl_s * 1e9)
+
+        def rule(state: TcpState, seconds: float | None, port: int | None) -> Rule:
+            if seconds is None:
+                return Rule(state, two_msl_ns, port, True)
+            return Rule(state, int(seconds * 1e9), port, False)
+
+        overrides = {TcpState.parse(k): v for k, v in (states or {}).items()}
+        defaults = {s.value: rule(s, overrides.get(s), None) for s in WATCHED}
+        per_port = {
+            port: {TcpState.parse(k).value: rule(TcpState.parse(k), v, port) for k, v in table.items()}
+            for port, table in (ports or {}).items()
+        }
+        unwatched = [s for s in overrides if s.value not in defaults]
+        unwatched += [TcpState.parse(k) for t in (ports or {}).values() for k in t
+                      if TcpState.parse(k).value not in defaults]
+        if unwatched:
+            raise ValueError(f"no stuck rule for {', '.join(sorted({s.name for s in unwatched}))}: "
+                             f"thresholds exist for {', '.join(s.name for s in WATCHED)}")
+        return cls(defaults, per_port)
+
+    def rule(self, port: int, state: int) -> Rule | None:
+        table = self.ports.get(port)
+        if table is not None and state in table:
+            return table[state]
+        return self.defaults.get(state)
+
+    def lowest_ns(self) -> dict[int, int]:
+        """Per state, the lowest threshold over all ports: below it nothing can be stuck."""
+        low = {state: r.threshold_ns for state, r in self.defaults.items()}
+        for table in self.ports.values():
+            for state, r in table.items():
+                low[state] = min(low[state], r.threshold_ns)
+        return low
+
+
+@dataclass(frozen=True)
+class Stuck:
+    """One flagged socket, as the API and the CLI show it."""
+
+    entry: object  # tracer.core.tracker.SocketEntry (a copy of its fields is taken by the caller)
+    rule: Rule
+    age_ns: int
+
+
+@dataclass(frozen=True)
+class Report:
+    """What one scan found."""
+
+    at_ns: int
+    stuck: list[Stuck]
+    # (service port, state) -> sockets stuck now; every watched state of every port in use.
+    counts: dict[tuple[int, int], int]
+    # (service port, state) -> age in ns of the oldest socket now in that state.
+    oldest_ns: dict[tuple[int, int], int]
