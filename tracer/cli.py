@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--port", type=_port, help="only this service port")
     replay.add_argument("--json", action="store_true", help="one JSON object a line")
 
+    stuck = sub.add_parser("stuck", help="sockets stuck now, from the running daemon",
+                           description="Ask the running daemon which sockets are stuck: LAST_ACK and "
+                                       "TIME_WAIT beyond 2MSL, CLOSE_WAIT leaks, half-closed FIN_WAIT2...")
+    stuck.add_argument("--web.listen-address", dest="web_listen_address", metavar="ADDRESS",
+                       help="where the daemon listens (default: as configured, 127.0.0.1:9876)")
+    stuck.add_argument("--json", action="store_true", help="the API's JSON as it is")
+    stuck.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML configuration file")
+
     check = sub.add_parser("check", help="can this host run the daemon? one line per problem",
                            description="Preflight: privileges, bcc, tracefs, tracepoints, kernel headers, "
                                        "and a real load of the BPF program.")
@@ -85,6 +93,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 2
         print(f"configuration ok: listen on {cfg.web_listen_address}, MSL {cfg.msl:g} s "
               f"(2MSL {cfg.two_msl:g} s), TIME_WAIT {cfg.timewait_seconds:g} s")
+        rules = cfg.rules()
+        for rule in list(rules.defaults.values()) + [r for t in rules.ports.values() for r in t.values()]:
+            print(f"  stuck: {rule.describe()}")
         return 0
     cfg = _load_config(args)
     _setup_logging(cfg.log_level)
@@ -192,6 +203,30 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stuck(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    cfg = _load_config(args)
+    host, port = config.parse_listen_address(cfg.web_listen_address)
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/api/v1/stuck"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body = resp.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CliError(f"cannot reach the daemon at {url}: {reason} "
+                       "(is `tcpstate-tracer run` running there? see --web.listen-address)") from None
+    if args.json:
+        print(body)
+        return 0
+    from tracer.console import print_stuck
+
+    print_stuck(json.loads(body), sys.stdout)
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     from tracer import preflight
@@ -212,7 +247,7 @@ def _setup_logging(level: str) -> None:
                         stream=sys.stderr)
 
 
-COMMANDS = {"run": cmd_run, "watch": cmd_watch, "replay": cmd_replay, "check": cmd_check}
+COMMANDS = {"run": cmd_run, "watch": cmd_watch, "replay": cmd_replay, "stuck": cmd_stuck, "check": cmd_check}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,3 +60,21 @@ class TransitionPrinter:
             f"{clock:<15} {svc:>5} {role_name(role):<8} {pid or '-':>7} {comm_text(comm) or '-':<15} "
             f"{_endpoint(format_addr(fam, saddr), sport, v6):<27} "
             f"{_endpoint(format_addr(fam, daddr), dport, v6):<27} {what:<34} {prev:>10}\n")
+
+
+def print_stuck(answer: dict, out: TextIO) -> None:
+    """The /api/v1/stuck answer as a table, oldest first."""
+    sockets = answer.get("sockets", [])
+    if not sockets:
+        out.write("no stuck sockets\n")
+        return
+    out.write(f"{'STATE':<11} {'AGE_S':>9} {'PORT':>5} {'NETNS':>10} {'LOCAL':<27} {'REMOTE':<27} "
+              f"{'PID':>7} {'COMM':<15} WHY\n")
+    for s in sockets:
+        v6 = s["family"] == "ipv6"
+        age = f"{s['age_seconds']:.1f}" + ("" if s["age_known"] else "+")
+        out.write(
+            f"{s['state']:<11} {age:>9} {s['service_port']:>5} {s['netns'] or '-':>10} "
+            f"{_endpoint(s['laddr'], s['lport'], v6):<27} {_endpoint(s['raddr'], s['rport'], v6):<27} "
+            f"{s['pid'] or '-':>7} {s['comm'] or '-':<15} {s['rule']['description']}\n")
+    out.write(f"{len(sockets)} stuck; an age with + is known only since the daemon saw the socket\n")

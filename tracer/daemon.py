@@ -11,16 +11,17 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 from werkzeug.serving import make_server
 
-from tracer import headers, tracefs
+from tracer import headers, sysctl, tracefs
 from tracer.config import Config, parse_listen_address
 from tracer.core.clock import Clock, SystemClock
-from tracer.core.tracker import Tracker
+from tracer.core.detector import WATCHED
+from tracer.core.states import TcpState
+from tracer.core.tracker import KernelSocketInfo, Tracker
 from tracer.metrics import TcpStateCollector
 from tracer.sources import EventSource
 
@@ -97,28 +98,28 @@ class Pipeline:
         return True, f"program attached, {self.tracker.events} events processed"
 
 
-class TimewaitReconciler:
-    """Checks the modelled TIME_WAIT sockets against the kernel's table, off the event path.
+class Housekeeper:
+    """Everything off the event path, in one thread: the stuck-socket scan every
+    ``scan_s``, and every ``reconcile_s`` a read of the kernel's socket table (all
+    network namespaces) that corrects the TIME_WAIT model and names namespaces.
 
-    The dump runs in its own thread; only the comparison takes the tracker's lock.
-    The interval stretches to ten times what a dump costs, so a host with very many
-    TIME_WAIT sockets does not spend its CPU here.
+    The table read stretches to ten times what it costs, so a host with very many
+    sockets in the watched states does not spend its CPU here.
     """
 
     GRACE_NS = 2_000_000_000  # events still on their way are not differences
 
-    def __init__(self, tracker: Tracker, clock: Clock, interval_s: float,
-                 dump: Callable[[], dict] | None = None) -> None:
-        from tracer import kernel_table
-
+    def __init__(self, tracker: Tracker, clock: Clock, reconcile_s: float, scan_s: float = 1.0) -> None:
         self.tracker = tracker
         self.clock = clock
-        self.interval_s = interval_s
-        self.dump = dump or kernel_table.timewait_connections
-        self.last_duration_s = 0.0
-        self.failures = 0
+        self.reconcile_s = reconcile_s
+        self.scan_s = scan_s
+        self.report = tracker.scan(clock.monotonic_ns())
+        self.last_reconcile_s = 0.0
+        self.last_scan_s = 0.0
+        self.reconcile_failures = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="timewait-reconciler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="housekeeper", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -127,31 +128,77 @@ class TimewaitReconciler:
         self._stop.set()
         self._thread.join(10)
 
-    def reconcile_once(self) -> tuple[int, int]:
-        from tracer.kernel_table import KernelTableError
+    def _read_table(self, states: list[int]) -> list | None:
+        from tracer import kernel_table
+
+        try:
+            found, problems = kernel_table.dump(states)
+        except kernel_table.KernelTableError as exc:
+            self.reconcile_failures += 1
+            log.warning("%s", exc)
+            return None
+        for problem in problems:
+            self.reconcile_failures += 1
+            log.warning("kernel socket table: %s", problem)
+        return found
+
+    def load_baseline(self, source: object | None = None) -> int:
+        """Loads the sockets that exist now, in every namespace, so counts are right from
+        the first scrape; tells the program which ports are listened on."""
+        from tracer import kernel_table
 
         started = self.clock.monotonic_ns()
-        try:
-            kernel = self.dump()
-        except KernelTableError as exc:
-            self.failures += 1
-            log.warning("%s", exc)
+        found = self._read_table([s.value for s in TcpState if s not in (TcpState.CLOSE, TcpState.NEW_SYN_RECV)])
+        if found is None:
+            return 0
+        owners = kernel_table.owners()
+        infos = [_info(k, owners.get(k.inode, (0, ""))) for k in found]
+        loaded = self.tracker.load_baseline(infos, started, sysctl.ephemeral_ports())
+        listeners = {i.conn[1]: (i.pid, i.comm) for i in infos if i.state == TcpState.LISTEN}
+        seed = getattr(source, "seed_listeners", None)
+        if seed is not None:
+            seed(listeners)
+        log.info("baseline: %d sockets already open in %d network namespaces (%.2f s)", loaded,
+                 len({k.netns for k in found}), (self.clock.monotonic_ns() - started) / 1e9)
+        return loaded
+
+    def reconcile_once(self) -> tuple[int, int]:
+        started = self.clock.monotonic_ns()
+        found = self._read_table([s.value for s in WATCHED])
+        if found is None:
             return 0, 0
-        self.last_duration_s = (self.clock.monotonic_ns() - started) / 1e9
-        removed, added = self.tracker.reconcile_timewait(kernel, started, self.GRACE_NS)
+        self.last_reconcile_s = (self.clock.monotonic_ns() - started) / 1e9
+        kernel = {k.conn: _info(k) for k in found}
+        removed, added = self.tracker.reconcile(kernel, started, self.GRACE_NS)
         if removed or added:
             log.debug("TIME_WAIT reconciled with the kernel: %d ended early, %d found", removed, added)
         return removed, added
 
+    def scan_once(self):
+        started = time.monotonic()
+        self.report = self.tracker.scan(self.clock.monotonic_ns())
+        self.last_scan_s = time.monotonic() - started
+        return self.report
+
     def _run(self) -> None:
-        while not self._stop.wait(max(self.interval_s, 10 * self.last_duration_s)):
-            self.reconcile_once()
+        next_reconcile = time.monotonic()
+        while not self._stop.wait(self.scan_s):
+            if time.monotonic() >= next_reconcile:
+                self.reconcile_once()
+                next_reconcile = time.monotonic() + max(self.reconcile_s, 10 * self.last_reconcile_s)
+            self.scan_once()
+
+
+def _info(k, owner: tuple[int, str] = (0, "")) -> KernelSocketInfo:
+    """A kernel_table.KernelSocket in the core's terms."""
+    return KernelSocketInfo(conn=k.conn, family=k.family, state=k.state, netns=k.netns,
+                            expires_ns=k.expires_ns, pid=owner[0], comm=owner[1])
 
 
 @dataclass
 class Running:
     pipeline: Pipeline
-    reconciler: TimewaitReconciler
+    housekeeper: Housekeeper
     server: object  # werkzeug BaseWSGIServer
     registry: CollectorRegistry
     address: str
@@ -190,20 +237,22 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
         listener.close()
         raise StartupError(str(exc)) from None
 
-    tracker = Tracker(int(cfg.timewait_seconds * 1e9), cfg.max_sockets)
+    tracker = Tracker(int(cfg.timewait_seconds * 1e9), cfg.max_sockets, cfg.rules())
     pipeline = Pipeline(source, tracker, clock)
-    reconciler = TimewaitReconciler(tracker, clock, cfg.timewait_reconcile_seconds)
+    housekeeper = Housekeeper(tracker, clock, cfg.timewait_reconcile_seconds)
+    # The program is attached: what opens from now on is seen, what was open is loaded.
+    housekeeper.load_baseline(source)
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(TcpStateCollector(source, tracker, reconciler))
-    app = create_app(registry, pipeline)
+    registry.register(TcpStateCollector(source, tracker, housekeeper))
+    app = create_app(registry, pipeline, housekeeper, clock)
     host, port = parse_listen_address(cfg.web_listen_address)
     server = make_server(host, port, app, threaded=True, fd=listener.fileno())
     pipeline.start()
-    reconciler.start()
+    housekeeper.start()
     threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
     log.info("serving /metrics, /healthz, /readyz on http://%s (started in %.2f s)",
              cfg.web_listen_address, time.monotonic() - started)
-    return Running(pipeline, reconciler, server, registry, cfg.web_listen_address)
+    return Running(pipeline, housekeeper, server, registry, cfg.web_listen_address)
 
 
 def run(cfg: Config) -> int:
@@ -217,7 +266,7 @@ def run(cfg: Config) -> int:
         stop.wait(0.5)
     log.info("stopping")
     running.server.shutdown()
-    running.reconciler.stop()
+    running.housekeeper.stop()
     running.pipeline.stop()
     running.pipeline.source.close()
     if running.pipeline.failure:

@@ -14,6 +14,7 @@ from typing import Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tracer.core.detector import Report
 from tracer.core.states import STATE_NAMES, EventKind
 from tracer.core.tracker import Tracker
 from tracer.sources import EventSource
@@ -22,16 +23,17 @@ OTHER_PORT = "other"  # counts whose port the kernel could not keep (counter map
 _STATE = EventKind.STATE.value
 
 
-class ReconcilerStats(Protocol):
-    last_duration_s: float
-    failures: int
+class Housekeeping(Protocol):
+    report: Report
+    last_reconcile_s: float
+    reconcile_failures: int
 
 
 class TcpStateCollector(Collector):
-    def __init__(self, source: EventSource, tracker: Tracker, reconciler: ReconcilerStats | None = None) -> None:
+    def __init__(self, source: EventSource, tracker: Tracker, housekeeping: Housekeeping | None = None) -> None:
         self._source = source
         self._tracker = tracker
-        self._reconciler = reconciler
+        self._housekeeping = housekeeping
 
     def collect(self) -> Iterator[Metric]:
         transitions = CounterMetricFamily(
@@ -66,25 +68,55 @@ class TcpStateCollector(Collector):
             "Modelled TIME_WAIT sockets corrected by what no tracepoint shows: ended by a reset "
             "after the close (reset), taken over by a new connect() (reused), absent from the "
             "kernel's socket table (absent_in_kernel: killed early, e.g. by a peer's reset), or "
-            "present there but not modelled (found_in_kernel)",
+            "present there but not modelled (found_in_kernel), or kept past its time by a retransmitted "
+            "FIN that re-armed its timer (rearmed)",
             labels=["reason"])
         corrections.add_metric(["reset"], stats.timewait_cancelled_by_reset)
         corrections.add_metric(["reused"], stats.timewait_reused)
         corrections.add_metric(["absent_in_kernel"], stats.timewait_reconciled_removed)
         corrections.add_metric(["found_in_kernel"], stats.timewait_reconciled_added)
+        corrections.add_metric(["rearmed"], stats.timewait_rearmed)
         yield corrections
 
-        if self._reconciler is not None:
+        if self._housekeeping is not None:
+            yield from self._stuck(self._housekeeping.report)
             scan = GaugeMetricFamily(
-                "tcpstate_timewait_reconcile_duration_seconds",
-                "How long the last read of the kernel's TIME_WAIT sockets (sock_diag) took")
-            scan.add_metric([], self._reconciler.last_duration_s)
+                "tcpstate_kernel_table_read_duration_seconds",
+                "How long the last read of the kernel's socket table (sock_diag, every network "
+                "namespace, watched states only) took")
+            scan.add_metric([], self._housekeeping.last_reconcile_s)
             yield scan
             failures = CounterMetricFamily(
-                "tcpstate_timewait_reconcile_failures",
-                "Reads of the kernel's socket table that failed (the model went unchecked)")
-            failures.add_metric([], self._reconciler.failures)
+                "tcpstate_kernel_table_read_failures",
+                "Reads of the kernel's socket table that failed, per namespace (the model went unchecked)")
+            failures.add_metric([], self._housekeeping.reconcile_failures)
             yield failures
+
+    def _stuck(self, report: Report) -> Iterator[Metric]:
+        now = GaugeMetricFamily(
+            "tcpstate_stuck_sockets",
+            "Sockets now older in their state than its stuck threshold (LAST_ACK and TIME_WAIT: 2MSL)",
+            labels=["port", "state"])
+        for (port, state), n in sorted(report.counts.items()):
+            now.add_metric([str(port), STATE_NAMES[state]], n)
+        yield now
+        total = CounterMetricFamily(
+            "tcpstate_stuck",
+            "Sockets that crossed their state's stuck threshold, counted once per socket and state, "
+            "also when they left before a scrape",
+            labels=["port", "state"])
+        totals = dict.fromkeys(report.counts, 0)
+        totals.update(self._tracker.stuck_totals())
+        for (port, state), n in sorted(totals.items()):
+            total.add_metric([str(port), STATE_NAMES[state]], n)
+        yield total
+        oldest = GaugeMetricFamily(
+            "tcpstate_oldest_socket_age_seconds",
+            "Age in its current state of the oldest socket of each port and state",
+            labels=["port", "state"])
+        for (port, state), age_ns in sorted(report.oldest_ns.items()):
+            oldest.add_metric([str(port), STATE_NAMES[state]], age_ns / 1e9)
+        yield oldest
 
 
 def _port(port: int | None) -> str:

@@ -203,3 +203,19 @@ def test_socket_opened_while_the_baseline_was_read_is_not_counted_twice(event):
     apply(t, event, 0x30, Role.ACTIVE, S.SYN_SENT, S.ESTABLISHED, 41000, 443, 99.9)
     assert {k: n for k, n in t.snapshot().items() if n} == {(443, S.ESTABLISHED): 1}
     assert len(t.sockets) == 1
+
+
+@pytest.mark.parametrize("lport, rport, listening, role, port", [
+    (8080, 40000, True, Role.PASSIVE, 8080),    # something listens on the local port
+    (8080, 40000, False, Role.PASSIVE, 8080),   # listener gone: only the peer's port is ephemeral
+    (40000, 443, False, Role.ACTIVE, 443),      # the usual client
+    (40000, 41000, False, Role.ACTIVE, 41000),  # both ephemeral: nothing says otherwise
+])
+def test_baseline_roles_are_inferred_from_listeners_and_the_ephemeral_range(lport, rport, listening, role, port):
+    t = tracker()
+    kernel = [KernelSocketInfo(conn(lport, rport), 2, S.ESTABLISHED, NETNS)]
+    if listening:
+        kernel.append(KernelSocketInfo((LO, lport, bytes(16), 0), 2, S.LISTEN, NETNS))
+    t.load_baseline(kernel, SEC, ephemeral=range(32768, 61000))
+    entry = next(e for e in t.sockets.values() if e.state == S.ESTABLISHED)
+    assert (entry.role, entry.port) == (role, port)

@@ -331,20 +331,25 @@ class Tracker:
 
     # -- the kernel's socket table -----------------------------------------------
 
-    def load_baseline(self, kernel: Iterable[KernelSocketInfo], now_ns: int) -> int:
+    def load_baseline(self, kernel: Iterable[KernelSocketInfo], now_ns: int,
+                      ephemeral: range = range(32768, 61000)) -> int:
         """Loads the sockets that exist before any event names them. Their age is
-        known only from now on; their role comes from the ports something listens on."""
+        known only from now on. Their role is inferred, since nobody saw them open: a
+        socket on a port something listens on is the passive side, and so is one whose
+        local port is outside the ephemeral range while its peer's is inside it (its
+        listener may be gone); any other is the active opener."""
         kernel = list(kernel)
         listening = {k.conn[1] for k in kernel if k.state == _LISTEN}
         loaded = 0
         with self.lock:
             for k in kernel:
+                lport, rport = k.conn[1], k.conn[3]
                 if k.state == _LISTEN:
-                    role, port = Role.LISTENER.value, k.conn[1]
-                elif k.conn[1] in listening:
-                    role, port = Role.PASSIVE.value, k.conn[1]
+                    role, port = Role.LISTENER.value, lport
+                elif lport in listening or (lport not in ephemeral and rport in ephemeral):
+                    role, port = Role.PASSIVE.value, lport
                 else:
-                    role, port = Role.ACTIVE.value, k.conn[3]
+                    role, port = Role.ACTIVE.value, rport
                 if k.state == _TIME_WAIT:
                     if k.conn not in self._timewait_by_conn:
                         self._add_kernel_timewait(k, now_ns, role, port)

@@ -102,6 +102,16 @@ class BccSource:
             counters=sum(1 for _ in self._counts.keys()),
         )
 
+    def seed_listeners(self, listeners: dict[int, tuple[int, str]]) -> None:
+        """Tells the program about ports that were listened on before it attached, so the
+        sockets on them are taken for the passive side: port -> (owner pid, comm)."""
+        ports = self._bpf[b"ports"]
+        for port, (pid, comm) in listeners.items():
+            key = ports.Key(port)
+            if key in ports:
+                continue
+            ports[key] = ports.Leaf(1, pid, comm.encode()[:15])
+
     def _stat(self, slot: int) -> int:
         return self._stats.sum(ct.c_int(slot)).value
 

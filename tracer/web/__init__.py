@@ -1,4 +1,4 @@
-"""The web side: /metrics, health probes (and later the API and timeline UI).
+"""The web side: /metrics, health probes, the JSON API (and later the timeline UI).
 
 ``create_app`` is a factory: the daemon passes in what the pages read (a
 registry, a health object); tests pass their own.
@@ -19,16 +19,21 @@ class Health(Protocol):
     def ready(self) -> tuple[bool, str]: ...
 
 
-def create_app(registry: CollectorRegistry, health: Health) -> Flask:
+def create_app(registry: CollectorRegistry, health: Health, stuck: object, clock: object) -> Flask:
+    """``stuck`` has the detector's latest ``report``; ``clock`` turns kernel time into Unix time."""
     app = Flask(__name__)
     app.config["REGISTRY"] = registry
     app.config["HEALTH"] = health
+    app.config["STUCK"] = stuck
+    app.config["CLOCK"] = clock
 
+    from tracer.web import api as api_bp
     from tracer.web import health as health_bp
     from tracer.web import metrics as metrics_bp
 
     app.register_blueprint(metrics_bp.bp)
     app.register_blueprint(health_bp.bp)
+    app.register_blueprint(api_bp.bp)
 
     @app.errorhandler(HTTPException)
     def json_error(exc: HTTPException):  # API clients get JSON, never an HTML page
