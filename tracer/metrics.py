@@ -57,9 +57,13 @@ class TcpStateCollector(Collector):
 
         lost = CounterMetricFamily(
             "tcpstate_events_lost",
-            "Events the kernel could not hand to the daemon (ring buffer full); counts stay exact",
-            )
-        lost.add_metric([], self._source.lost())
+            "Events lost, by reason. ring_buffer_full: the daemon did not keep up; the transition is "
+            "still in tcpstate_transitions_total. program_not_run: the kernel skipped the program "
+            "because the tracepoint fired while a BPF tracing program was already running on that "
+            "CPU (an interrupt during it); that transition is counted nowhere",
+            labels=["reason"])
+        for reason, n in sorted(self._source.lost().items()):
+            lost.add_metric([reason], n)
         yield lost
 
         stats = self._tracker.stats()
@@ -77,6 +81,16 @@ class TcpStateCollector(Collector):
         corrections.add_metric(["found_in_kernel"], stats.timewait_reconciled_added)
         corrections.add_metric(["rearmed"], stats.timewait_rearmed)
         yield corrections
+
+        live = CounterMetricFamily(
+            "tcpstate_socket_corrections",
+            "Tracked sockets corrected from the kernel's socket table because a transition was "
+            "missed (see tcpstate_events_lost_total): gone from the kernel (gone), or there in "
+            "another state (state)",
+            labels=["reason"])
+        live.add_metric(["gone"], stats.live_removed)
+        live.add_metric(["state"], stats.live_corrected)
+        yield live
 
         if self._housekeeping is not None:
             yield from self._stuck(self._housekeeping.report)

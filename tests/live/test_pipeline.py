@@ -98,8 +98,13 @@ def test_health_probes(daemon: Daemon):
     assert status == 404 and '"error"' in body
 
 
+def lost(daemon: Daemon, reason: str) -> float:
+    return sum(samples(daemon.metrics(), "tcpstate_events_lost_total", reason=reason).values())
+
+
 def test_200_client_closed_connections_on_metrics(daemon: Daemon):
     port = traffic.quiet_port()
+    not_run_before = lost(daemon, "program_not_run")
     run = traffic.client_closed(port, 200)
     assert len(set(run.client_ports)) == 200
     deadline = time.monotonic() + 10
@@ -112,15 +117,30 @@ def test_200_client_closed_connections_on_metrics(daemon: Daemon):
     by_transition = {(dict(k)["from_state"], dict(k)["to_state"]): v for k, v in counts.items()}
     listener = {("CLOSE", "LISTEN"): 1.0, ("LISTEN", "CLOSE"): 1.0}
     connection = {k: v for k, v in by_transition.items() if k not in listener}
-    assert sum(connection.values()) == 2000
-    assert connection == {tuple(t.split("->")): 200.0 for t in CLIENT + SERVER}
-    assert {k: v for k, v in by_transition.items() if k in listener} == listener
+    # The kernel skips the program when the tracepoint fires during another BPF
+    # tracing program on the same CPU; such a transition is counted nowhere, and
+    # the daemon says how many (it cannot say of which port).
+    not_run = lost(daemon, "program_not_run") - not_run_before
+    missing = 2000 - sum(connection.values())
+    assert 0 <= missing <= not_run, f"{missing} transitions missing, {not_run} not run by the kernel"
+    if not not_run:
+        assert connection == {tuple(t.split("->")): 200.0 for t in CLIENT + SERVER}
+        assert {k: v for k, v in by_transition.items() if k in listener} == listener
     # TIME_WAIT: the model against the kernel's socket table. Now and then the kernel
     # ends a few early (a late ACK reaches the listener, whose reset kills the
     # TIME_WAIT; no tracepoint shows it), which the reconciler corrects.
     kernel = wait_timewait_equal(daemon, port)
     assert kernel >= 150, f"only {kernel} of 200 TIME_WAIT sockets in the kernel"
-    # Everything else on the port is gone.
-    others = {dict(k)["state"]: v for k, v in samples(daemon.metrics(), "tcpstate_sockets", port=str(port)).items()}
-    assert {s: v for s, v in others.items() if v and s != "TIME_WAIT"} == {}
-    assert samples(text, "tcpstate_events_lost_total") == {(): 0.0}
+    # Everything else on the port is gone (a socket the model kept in FIN_WAIT1 because
+    # the kernel skipped the program for its later transitions is dropped at the next
+    # read of the kernel's table).
+    deadline = time.monotonic() + 10
+    while True:
+        others = {dict(k)["state"]: v for k, v in
+                  samples(daemon.metrics(), "tcpstate_sockets", port=str(port)).items() if v}
+        others.pop("TIME_WAIT", None)
+        if not others or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert others == {}
+    assert lost(daemon, "ring_buffer_full") == 0

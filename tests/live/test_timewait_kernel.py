@@ -10,7 +10,7 @@ import pytest
 
 from tests.live import traffic
 from tests.live.conftest import Daemon, start_daemon, stop_daemon
-from tests.live.observe import corrections, ss_timewait, wait_timewait_equal
+from tests.live.observe import corrections, ss_timewait, timewait_metric, wait_timewait_equal
 
 
 @pytest.fixture
@@ -36,13 +36,12 @@ def test_timewait_killed_in_the_kernel_is_corrected(fast_daemon: Daemon):
     assert corrections(fast_daemon, "absent_in_kernel") - before >= 5
 
 
-def test_timewait_from_before_the_start_is_found(live_host, tmp_path):
+def test_timewait_from_before_the_start_is_counted_from_the_first_scrape(live_host, tmp_path):
     port = traffic.quiet_port()
     traffic.client_closed(port, 10)
-    time.sleep(2.5)  # older than the reconciler's grace period
     daemon = start_daemon(tmp_path, "--timewait-reconcile-seconds", "1")
     try:
-        wait_timewait_equal(daemon, port, 10)
-        assert corrections(daemon, "found_in_kernel") >= 10
+        assert (timewait_metric(daemon, port), ss_timewait(port)) == (10, 10), "loaded before ready"
+        assert corrections(daemon, "found_in_kernel") == 0, "the baseline, not a correction"
     finally:
         assert stop_daemon(daemon) == 0, daemon.log.read_text()

@@ -219,3 +219,26 @@ def test_baseline_roles_are_inferred_from_listeners_and_the_ephemeral_range(lpor
     t.load_baseline(kernel, SEC, ephemeral=range(32768, 61000))
     entry = next(e for e in t.sockets.values() if e.state == S.ESTABLISHED)
     assert (entry.role, entry.port) == (role, port)
+
+
+def test_sockets_left_in_a_state_by_a_missed_transition_are_corrected(event):
+    """The kernel skips the program now and then: the table must not keep a socket
+    in a state it has left, nor one that is gone."""
+    t = tracker()
+    for sk, lport in ((0x40, 40010), (0x41, 40011), (0x42, 40012), (0x43, 40013)):
+        for old, new in [(S.CLOSE, S.SYN_SENT), (S.SYN_SENT, S.ESTABLISHED), (S.ESTABLISHED, S.FIN_WAIT1)]:
+            apply(t, event, sk, Role.ACTIVE, old, new, lport, 8080, 1.0 if sk != 0x43 else 9.5)
+    apply(t, event, 0x44, Role.ACTIVE, S.CLOSE, S.SYN_SENT, 0, 8080, 1.0)  # not bound yet: no conn
+    kernel = {
+        conn(40011, 8080): KernelSocketInfo(conn(40011, 8080), 2, S.FIN_WAIT1, NETNS),  # as modelled
+        conn(40012, 8080): KernelSocketInfo(conn(40012, 8080), 2, S.FIN_WAIT2, NETNS),  # moved on
+    }
+    t.reconcile(kernel, 10 * SEC, 2 * SEC)
+    assert 0x40 not in t.sockets, "gone from the kernel: gone from the table"
+    assert t.sockets[0x41].netns == NETNS and t.sockets[0x41].age_known
+    assert (t.sockets[0x42].state, t.sockets[0x42].age_known) == (S.FIN_WAIT2, False)
+    assert 0x43 in t.sockets, "too young to judge"
+    assert 0x44 in t.sockets, "a connect() in progress has no local port to match yet"
+    assert {k: n for k, n in t.snapshot().items() if n} == {
+        (8080, S.FIN_WAIT1): 2, (8080, S.FIN_WAIT2): 1, (8080, S.SYN_SENT): 1}
+    assert (t.stats().live_removed, t.stats().live_corrected) == (1, 1)

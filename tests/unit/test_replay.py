@@ -71,7 +71,7 @@ def test_yields_events_in_batches(replay, tmp_path, events):
     batches = read_all(source)
     assert [len(b) for b in batches] == [4, 2]
     assert [ev for b in batches for ev in b] == events
-    assert source.lost() == 0
+    assert source.lost() == {}
 
 
 def test_exhausted_source_keeps_returning_none(replay, tmp_path, events):

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from tracer.core.detector import Report, Rules, Stuck
+from tracer.core.detector import WATCHED, Report, Rules, Stuck
 from tracer.core.record import Event
 from tracer.core.states import ACTIVE_CLOSE_STATES, F_ROLE_INFERRED, EventKind, Role, TcpState
 
@@ -26,6 +26,8 @@ _TIME_WAIT = TcpState.TIME_WAIT.value
 _SYN_SENT = TcpState.SYN_SENT.value
 _LISTEN = TcpState.LISTEN.value
 _ACTIVE_CLOSE = frozenset(int(s) for s in ACTIVE_CLOSE_STATES)
+# The states the kernel's table is read for: the watched (stuck-prone) ones and CLOSING.
+RECONCILED_STATES = frozenset([s.value for s in WATCHED if s != TcpState.TIME_WAIT] + [TcpState.CLOSING.value])
 _STATE = EventKind.STATE.value
 # A re-armed TIME_WAIT timer shows as more time left in the kernel than in the model.
 _REARM_SLACK_NS = 1_000_000_000
@@ -112,6 +114,8 @@ class TrackerStats:
     timewait_reconciled_removed: int
     timewait_reconciled_added: int
     timewait_rearmed: int
+    live_removed: int
+    live_corrected: int
     baseline_sockets: int
 
 
@@ -152,6 +156,8 @@ class Tracker:
         self.timewait_reconciled_removed = 0
         self.timewait_reconciled_added = 0
         self.timewait_rearmed = 0
+        self.live_removed = 0  # full sockets the kernel no longer had
+        self.live_corrected = 0  # full sockets the kernel had in another state
         self.baseline_sockets = 0
         self._synthetic_sk = 0  # keys for sockets known only from the kernel's table
 
@@ -381,12 +387,14 @@ class Tracker:
                   grace_ns: int) -> tuple[int, int]:
         """Makes the model agree with the kernel's socket table, read at ``dumped_at_ns``.
 
-        ``kernel`` holds the TIME_WAIT sockets and those in the other watched
-        states, by connection. The model misses what no tracepoint shows: a
+        ``kernel`` holds the TIME_WAIT sockets and those in RECONCILED_STATES, by
+        connection. The model misses what no tracepoint shows: a
         TIME_WAIT killed early (a reset from a peer's listener, RFC 1337), or kept
         longer (a retransmitted FIN re-arms its timer). Only TIME_WAITs older than
         ``grace_ns`` (and not about to end) are judged, so events still on their way
-        are no differences. Every socket found gets its network namespace.
+        are no differences. Full sockets in RECONCILED_STATES the kernel no longer
+        has are dropped, and those it has in another state take that state (a
+        transition was missed). Every socket found gets its network namespace.
         Returns (TIME_WAITs removed, TIME_WAITs added).
         """
         removed = added = 0
@@ -413,15 +421,37 @@ class Tracker:
                     if since < horizon:
                         self._add_kernel_timewait(k, dumped_at_ns, Role.UNKNOWN.value, conn[3])
                         added += 1
-            if kernel:
-                for entry in self.sockets.values():
-                    if entry.state in self._stuck_floor:
-                        k = kernel.get(entry.conn)
-                        if k is not None:
-                            entry.netns = k.netns
+            self._reconcile_live(kernel, dumped_at_ns, horizon)
         self.timewait_reconciled_removed += removed
         self.timewait_reconciled_added += added
         return removed, added
+
+    def _reconcile_live(self, kernel: Mapping[Conn, KernelSocketInfo], dumped_at_ns: int, horizon: int) -> None:
+        """Full sockets in the states the table was read for: a missed transition (the
+        kernel skips the program now and then) must not leave a socket in a state it
+        has left, or in the table after it is gone. Caller holds the lock."""
+        counts = self.counts
+        for entry in list(self.sockets.values()):
+            if entry.state not in RECONCILED_STATES or entry.since_ns >= horizon or not entry.sport:
+                continue  # not read, too young to judge, or connect() has not bound it yet
+            k = kernel.get(entry.conn)
+            if k is not None and k.state == entry.state:
+                entry.netns = k.netns
+                continue
+            counts[(entry.port, entry.state)] -= 1
+            if k is None:
+                del self.sockets[entry.sk]
+                if self._baseline_by_conn.get(entry.conn) is entry:
+                    del self._baseline_by_conn[entry.conn]
+                self.live_removed += 1
+            else:
+                entry.state = k.state
+                entry.since_ns = dumped_at_ns
+                entry.age_known = False
+                entry.netns = k.netns
+                key = (entry.port, k.state)
+                counts[key] = counts.get(key, 0) + 1
+                self.live_corrected += 1
 
     # -- reader side -------------------------------------------------------------
 
@@ -486,5 +516,7 @@ class Tracker:
                 timewait_reconciled_removed=self.timewait_reconciled_removed,
                 timewait_reconciled_added=self.timewait_reconciled_added,
                 timewait_rearmed=self.timewait_rearmed,
+                live_removed=self.live_removed,
+                live_corrected=self.live_corrected,
                 baseline_sockets=self.baseline_sockets,
             )

@@ -25,8 +25,9 @@ class EventSource(Protocol):
         """Exact counts of every transition and reset seen, by service port."""
         ...
 
-    def lost(self) -> int:
-        """Events counted but never delivered (ring buffer full)."""
+    def lost(self) -> dict[str, int]:
+        """Events lost, by reason: "ring_buffer_full" (counted in the kernel, never
+        delivered), "program_not_run" (the kernel skipped the program: seen nowhere)."""
         ...
 
     def close(self) -> None: ...

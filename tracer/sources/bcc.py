@@ -24,6 +24,29 @@ PROGRAM = BPF_DIR / "tcpstates.bpf.c"
 # bpf/tcpstates.h TCPSTATE_STAT_*
 STAT_EVENTS, STAT_RINGBUF_FULL, STAT_COUNTS_FULL, STAT_SOCKS_FULL = range(4)
 
+# struct bpf_prog_info (include/uapi/linux/bpf.h): where recursion_misses sits, and
+# the size asked for; tests/unit/test_bcc_layout.py checks both against the header.
+PROG_INFO_SIZE = 232
+PROG_INFO_RECURSION_MISSES = 208
+_SYS_BPF = 321  # x86_64
+_BPF_OBJ_GET_INFO_BY_FD = 15
+
+
+class _InfoAttr(ct.Structure):
+    _fields_ = [("bpf_fd", ct.c_uint32), ("info_len", ct.c_uint32), ("info", ct.c_uint64)]
+
+
+def program_misses(fd: int) -> int:
+    """How often the kernel skipped this program: a tracepoint that fires while a BPF
+    tracing program already runs on that CPU (an interrupt arriving during it) does
+    not run it, and that transition is seen nowhere (kernel/trace/bpf_trace.c)."""
+    libc = ct.CDLL(None, use_errno=True)
+    info = ct.create_string_buffer(PROG_INFO_SIZE)
+    attr = _InfoAttr(fd, PROG_INFO_SIZE, ct.addressof(info))
+    if libc.syscall(_SYS_BPF, _BPF_OBJ_GET_INFO_BY_FD, ct.byref(attr), ct.sizeof(attr)) != 0:
+        raise OSError(ct.get_errno(), "BPF_OBJ_GET_INFO_BY_FD failed")
+    return int.from_bytes(info.raw[PROG_INFO_RECURSION_MISSES:PROG_INFO_RECURSION_MISSES + 8], "little")
+
 
 class SourceError(RuntimeError):
     pass
@@ -71,10 +94,13 @@ class BccSource:
         log.info("attached to sock:inet_sock_set_state, tcp:tcp_receive_reset, tcp:tcp_send_reset "
                  "(ring buffer %d MiB)", events.max_entries >> 20)
 
+    # How long a batch may wait in the ring buffer: the program sends no wakeups.
+    POLL_INTERVAL_S = 0.02
+
     def read(self, timeout_s: float) -> list[Event]:
         batch = self._ring.read()
         if not batch:
-            self._ring.wait(timeout_s)
+            self._ring.wait(min(timeout_s, self.POLL_INTERVAL_S))
             batch = self._ring.read()
         return batch
 
@@ -89,8 +115,12 @@ class BccSource:
                     counts[(None, i >> 8, (i >> 4) & 15, i & 15)] = n
         return counts
 
-    def lost(self) -> int:
-        return self._stat(STAT_RINGBUF_FULL)
+    def lost(self) -> dict[str, int]:
+        return {
+            "ring_buffer_full": self._stat(STAT_RINGBUF_FULL),
+            # Transitions and resets the kernel did not run the program for (program_misses).
+            "program_not_run": sum(program_misses(fn.fd) for fn in self._bpf.funcs.values()),
+        }
 
     def kernel_stats(self) -> KernelStats:
         return KernelStats(

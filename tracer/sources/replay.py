@@ -68,8 +68,8 @@ class ReplaySource:
     def transition_counts(self) -> dict[CountKey, int]:
         return dict(self._counts)
 
-    def lost(self) -> int:
-        return 0
+    def lost(self) -> dict[str, int]:
+        return {}
 
     def close(self) -> None:
         self._file.close()

@@ -51,7 +51,9 @@ class RingBufferReader:
         self._poll.register(map_fd, select.POLLIN)
 
     def wait(self, timeout_s: float) -> None:
-        """Sleeps until the kernel signals data, or the timeout passes."""
+        """Returns at once when records are waiting, else after the timeout. The
+        program submits without wakeups (bpf/tcpstates.bpf.c says why), so the kernel
+        never ends this wait early: the timeout is the reader's polling interval."""
         self._poll.poll(max(0, int(timeout_s * 1000)))
 
     def read(self) -> list[tuple]:
