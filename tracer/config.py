@@ -119,6 +119,9 @@ SETTINGS: tuple[Setting, ...] = (
             "(sock_diag); stretched to 10x the time a check takes", _positive),
     Setting("max_sockets", int, 524_288,
             "sockets tracked at most (live and TIME_WAIT each); the oldest are evicted past it", _positive),
+    Setting("max_ports", int, 100,
+            "service ports with a label of their own; the rest are counted under port=\"other\"",
+            lambda v: None if v >= 0 else "must not be negative"),
     Setting("ring_buffer_mib", int, 64,
             "kernel ring buffer for events, MiB (power of two); 64 MiB holds about 2 s at full churn",
             _power_of_two),
@@ -141,6 +144,7 @@ class Config:
     timewait_seconds: float
     timewait_reconcile_seconds: float
     max_sockets: int
+    max_ports: int
     ring_buffer_mib: int
     cache_dir: Path
     log_level: str

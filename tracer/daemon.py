@@ -18,6 +18,7 @@ from werkzeug.serving import make_server
 from tracer import headers, sysctl, tracefs
 from tracer.config import Config, parse_listen_address
 from tracer.core.clock import Clock, SystemClock
+from tracer.core.ports import PortLabels
 from tracer.core.states import TcpState
 from tracer.core.tracker import RECONCILED_STATES, KernelSocketInfo, Tracker
 from tracer.metrics import TcpStateCollector
@@ -46,6 +47,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._cycles = 0
         self._heartbeat_ns = clock.monotonic_ns()
+        self.lag_s = 0.0  # how far behind the kernel the last batch was applied
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
 
     def start(self) -> None:
@@ -67,9 +69,12 @@ class Pipeline:
                 batch = source.read(POLL_TIMEOUT_S)
                 if batch is None:
                     break
-                if batch:
-                    tracker.apply_batch(batch)
                 now = clock.monotonic_ns()
+                if batch:
+                    self.lag_s = max(0, now - batch[0][0]) / 1e9
+                    tracker.apply_batch(batch)
+                else:
+                    self.lag_s = 0.0
                 tracker.expire(now)
                 self._heartbeat_ns = now
                 self._cycles += 1
@@ -243,8 +248,13 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
     housekeeper = Housekeeper(tracker, clock, cfg.timewait_reconcile_seconds)
     # The program is attached: what opens from now on is seen, what was open is loaded.
     housekeeper.load_baseline(source)
+    ephemeral = sysctl.ephemeral_ports()
+    limits = {"ephemeral_ports": len(ephemeral)}
+    if (buckets := sysctl.max_tw_buckets()) is not None:
+        limits["tcp_max_tw_buckets"] = buckets
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(TcpStateCollector(source, tracker, housekeeper))
+    registry.register(TcpStateCollector(source, tracker, PortLabels(cfg.max_ports, ephemeral),
+                                        housekeeping=housekeeper, pipeline=pipeline, limits=limits))
     app = create_app(registry, pipeline, housekeeper, clock)
     host, port = parse_listen_address(cfg.web_listen_address)
     server = make_server(host, port, app, threaded=True, fd=listener.fileno())

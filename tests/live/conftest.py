@@ -82,6 +82,10 @@ class Daemon:
 
 
 def start_daemon(tmp: Path, *flags: str, ready_timeout: float = 20.0) -> Daemon:
+    """A daemon on a free port. Unless a test sets --max-ports, every port gets a label:
+    earlier tests leave TIME_WAIT on many ports, which would use up the default cap."""
+    if "--max-ports" not in flags:
+        flags += ("--max-ports", "65535")
     url = f"http://127.0.0.1:{free_port()}"
     log = tmp / "daemon.log"
     with open(log, "w") as out:

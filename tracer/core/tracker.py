@@ -13,6 +13,7 @@ through ``reconcile``, which also tells each socket's network namespace, and
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,35 @@ _STATE = EventKind.STATE.value
 # A re-armed TIME_WAIT timer shows as more time left in the kernel than in the model.
 _REARM_SLACK_NS = 1_000_000_000
 
+# Histogram buckets for the time spent in a state and for whole connections:
+# 1-2-5 steps from 10 microseconds to 10 minutes (upper bounds, seconds).
+DURATION_BUCKETS_S: tuple[float, ...] = tuple(
+    m * 10.0 ** e for e in range(-5, 3) for m in (1, 2, 5)) + (600.0,)
+_BOUNDS_NS = [round(b * 1e9) for b in DURATION_BUCKETS_S]
+_LISTEN_OR_CLOSE = frozenset({TcpState.CLOSE.value, TcpState.LISTEN.value})
+_CONNECTION_ROLES = frozenset({Role.ACTIVE.value, Role.PASSIVE.value})
+
+
+class Histogram:
+    """Counts per bucket (the last one is +Inf) and the sum, in nanoseconds."""
+
+    __slots__ = ("counts", "sum_ns")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_BOUNDS_NS) + 1)
+        self.sum_ns = 0
+
+    def observe(self, ns: int) -> None:
+        self.counts[bisect_left(_BOUNDS_NS, ns)] += 1
+        self.sum_ns += ns
+
+    def copy(self) -> "Histogram":
+        h = Histogram()
+        h.counts = list(self.counts)
+        h.sum_ns = self.sum_ns
+        return h
+
+
 # A connection as the kernel's socket table keys it: (local address, local port,
 # remote address, remote port); addresses are the record's 16 raw bytes.
 Conn = tuple[bytes, int, bytes, int]
@@ -49,11 +79,11 @@ class SocketEntry:
     __slots__ = (
         "sk", "state", "since_ns", "first_ns", "port", "role", "family", "saddr", "sport",
         "daddr", "dport", "pid", "comm", "flags", "reset", "netns", "age_known", "expires_ns",
-        "stuck_state",
+        "stuck_state", "opened",
     )
 
     def __init__(self, ev: Event) -> None:
-        ts, sk, saddr, daddr, pid, sport, dport, svc, fam, _kind, _old, new, role, flags, comm = ev
+        ts, sk, saddr, daddr, pid, sport, dport, svc, fam, _kind, old, new, role, flags, comm = ev
         self.sk = sk
         self.state = new
         self.since_ns = ts
@@ -73,6 +103,7 @@ class SocketEntry:
         self.age_known = True
         self.expires_ns = 0
         self.stuck_state = 0  # the state this socket was last counted stuck in
+        self.opened = old in _LISTEN_OR_CLOSE  # seen opening: first_ns is its birth
 
     @property
     def conn(self) -> Conn:
@@ -100,6 +131,14 @@ def _entry_from_kernel(k: KernelSocketInfo, since_ns: int, role: int, port: int)
     entry.netns = k.netns
     entry.age_known = False
     return entry
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    state_durations: dict[tuple[int, int], Histogram]
+    connection_durations: dict[tuple[int, int], Histogram]
+    timewait_entered: dict[int, int]
+    connect_failures: dict[tuple[int, str], int]
 
 
 @dataclass(frozen=True)
@@ -147,6 +186,13 @@ class Tracker:
         self.counts: dict[tuple[int, int], int] = {}
         # (service port, state) -> sockets that crossed that state's stuck threshold.
         self.stuck_total: dict[tuple[int, int], int] = {}
+        # (service port, state) -> time spent in the state, observed as sockets leave it.
+        self.state_durations: dict[tuple[int, int], Histogram] = {}
+        # (service port, role) -> lifetime of full sockets seen from their opening to CLOSE.
+        self.connection_durations: dict[tuple[int, int], Histogram] = {}
+        self.timewait_entered_by_port: dict[int, int] = {}
+        # (service port, reason) -> connect() attempts that ended in SYN_SENT -> CLOSE.
+        self.connect_failures: dict[tuple[int, str], int] = {}
         self.events = 0
         self.evicted = 0
         self.timewait_now = 0  # live TIME_WAIT entries (cancelled ones excluded)
@@ -187,8 +233,10 @@ class Tracker:
             old = entry.state
             spent = ev[0] - entry.since_ns if entry.age_known else -1
             counts[(entry.port, old)] -= 1
-            if spent > self._stuck_floor.get(old, spent):
-                self._count_stuck(entry, spent)
+            if spent >= 0:
+                self._observe(self.state_durations, (entry.port, old), spent)
+                if spent > self._stuck_floor.get(old, spent):
+                    self._count_stuck(entry, spent)
             entry.state = new
             entry.since_ns = ev[0]
             entry.age_known = True
@@ -207,10 +255,22 @@ class Tracker:
         if new == _CLOSE:
             if old in _ACTIVE_CLOSE and not entry.reset:
                 self._enter_timewait(entry)
+            elif old == _SYN_SENT:
+                key = (svc, "refused" if entry.reset else "timeout")
+                self.connect_failures[key] = self.connect_failures.get(key, 0) + 1
+            if entry.opened and entry.role in _CONNECTION_ROLES:
+                self._observe(self.connection_durations, (svc, entry.role), ev[0] - entry.first_ns)
         else:
             key = (svc, new)
             counts[key] = counts.get(key, 0) + 1
         return spent
+
+    @staticmethod
+    def _observe(table: dict, key: tuple, ns: int) -> None:
+        h = table.get(key)
+        if h is None:
+            h = table[key] = Histogram()
+        h.observe(ns)
 
     def apply_batch(self, batch: Iterable[Event]) -> None:
         apply = self.apply
@@ -291,6 +351,7 @@ class Tracker:
         self.counts[key] = self.counts.get(key, 0) + 1
         self.timewait_now += 1
         self.timewait_entered += 1
+        self.timewait_entered_by_port[entry.port] = self.timewait_entered_by_port.get(entry.port, 0) + 1
 
     def _timewait_age(self, entry: SocketEntry, now_ns: int) -> int:
         """A TIME_WAIT the model ends on schedule is never older than the TIME_WAIT
@@ -302,8 +363,10 @@ class Tracker:
         if entry.state != _TIME_WAIT:  # cancelled meanwhile
             return
         spent = self._timewait_age(entry, now_ns)
-        if entry.age_known and spent > self._stuck_floor.get(_TIME_WAIT, spent):
-            self._count_stuck(entry, spent)
+        if entry.age_known:
+            self._observe(self.state_durations, (entry.port, _TIME_WAIT), spent)
+            if spent > self._stuck_floor.get(_TIME_WAIT, spent):
+                self._count_stuck(entry, spent)
         self._cancel_timewait(entry)
 
     def _cancel_timewait(self, entry: SocketEntry) -> None:
@@ -502,6 +565,16 @@ class Tracker:
     def stuck_totals(self) -> dict[tuple[int, int], int]:
         with self.lock:
             return dict(self.stuck_total)
+
+    def outcomes(self) -> "Outcomes":
+        """Copies of the histograms and outcome counters, for a scrape."""
+        with self.lock:
+            return Outcomes(
+                state_durations={k: h.copy() for k, h in self.state_durations.items()},
+                connection_durations={k: h.copy() for k, h in self.connection_durations.items()},
+                timewait_entered=dict(self.timewait_entered_by_port),
+                connect_failures=dict(self.connect_failures),
+            )
 
     def stats(self) -> TrackerStats:
         with self.lock:

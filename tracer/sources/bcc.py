@@ -58,8 +58,9 @@ class KernelStats:
     ringbuf_full: int  # records lost: ring buffer full
     counts_full: int  # transitions counted without their port: counter map full
     socks_full: int  # sockets whose role/owner could not be remembered
-    socks: int  # entries in the socket map now
-    counters: int  # entries in the counter map now
+    counters: int  # entries in the counter map now (the socket map is too large to count at scrape)
+    counters_capacity: int
+    socks_capacity: int
 
 
 class BccSource:
@@ -77,6 +78,7 @@ class BccSource:
             f"-DTCPSTATE_MAX_SOCKS={max_socks}",
             f"-DTCPSTATE_MAX_COUNTS={max_counts}",
         ]
+        self.bcc_version = str(getattr(bcc, "__version__", "unknown"))
         try:
             self._bpf = bcc.BPF(src_file=str(PROGRAM).encode(), cflags=cflags)
         except Exception as exc:  # bcc raises bare Exception for compile and load errors
@@ -128,9 +130,13 @@ class BccSource:
             ringbuf_full=self._stat(STAT_RINGBUF_FULL),
             counts_full=self._stat(STAT_COUNTS_FULL),
             socks_full=self._stat(STAT_SOCKS_FULL),
-            socks=sum(1 for _ in self._socks.keys()),
             counters=sum(1 for _ in self._counts.keys()),
+            counters_capacity=self._counts.max_entries,
+            socks_capacity=self._socks.max_entries,
         )
+
+    def decode_errors(self) -> int:
+        return self._ring.discarded
 
     def seed_listeners(self, listeners: dict[int, tuple[int, str]]) -> None:
         """Tells the program about ports that were listened on before it attached, so the

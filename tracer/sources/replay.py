@@ -63,7 +63,10 @@ class ReplaySource:
             self._error = exc  # every later read says so too: a broken file never looks finished
             if not batch:
                 raise
-        return batch or None
+        if not batch:
+            self._file.close()  # exhausted
+            return None
+        return batch
 
     def transition_counts(self) -> dict[CountKey, int]:
         return dict(self._counts)

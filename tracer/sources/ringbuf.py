@@ -47,6 +47,7 @@ class RingBufferReader:
         self._producer = mmap.mmap(map_fd, page + 2 * data_size, flags=mmap.MAP_SHARED,
                                    prot=mmap.PROT_READ, offset=page)
         self._fd = map_fd
+        self.discarded = 0  # records skipped (the program never discards; counted if it ever did)
         self._poll = select.poll()
         self._poll.register(map_fd, select.POLLIN)
 
@@ -75,6 +76,7 @@ class RingBufferReader:
             # Never produced by our program, but a discarded record must not
             # block the ring: step over it.
             self._consumer[0:8] = _POS.pack(cons + stride)
+            self.discarded += 1
             return self.read()
         if committed:
             end = start + committed * stride
