@@ -242,3 +242,14 @@ def test_sockets_left_in_a_state_by_a_missed_transition_are_corrected(event):
     assert {k: n for k, n in t.snapshot().items() if n} == {
         (8080, S.FIN_WAIT1): 2, (8080, S.FIN_WAIT2): 1, (8080, S.SYN_SENT): 1}
     assert (t.stats().live_removed, t.stats().live_corrected) == (1, 1)
+
+
+def test_after_a_missed_transition_the_time_in_state_is_unknown(event):
+    t = tracker(states={"FIN_WAIT1": 1})
+    for old, new in [(S.CLOSE, S.SYN_SENT), (S.SYN_SENT, S.ESTABLISHED), (S.ESTABLISHED, S.FIN_WAIT1)]:
+        apply(t, event, 0x50, Role.ACTIVE, old, new, 40020, 8080, 0)
+    # FIN_WAIT1 -> FIN_WAIT2 never reached the daemon; FIN_WAIT2 -> CLOSE does, 5 s later.
+    assert apply(t, event, 0x50, Role.ACTIVE, S.FIN_WAIT2, S.CLOSE, 40020, 8080, 5) == -1
+    assert (8080, S.FIN_WAIT1) not in t.outcomes().state_durations
+    assert t.stuck_totals() == {}, "5 s in FIN_WAIT1 is not known: it may have left at once"
+    assert t.snapshot()[(8080, S.TIME_WAIT)] == 1

@@ -231,7 +231,9 @@ class Tracker:
                 self._insert(entry)
         else:
             old = entry.state
-            spent = ev[0] - entry.since_ns if entry.age_known else -1
+            # A missed transition (the kernel skips the program now and then) leaves the
+            # model in another state than the event left: how long is then unknown.
+            spent = ev[0] - entry.since_ns if entry.age_known and old == ev[10] else -1
             counts[(entry.port, old)] -= 1
             if spent >= 0:
                 self._observe(self.state_durations, (entry.port, old), spent)
