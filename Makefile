@@ -3,6 +3,11 @@
 # `setup` installs what is missing and is safe to run again: Debian packages
 # (BCC's Python module, kernel headers, test tools), then a venv that sees the
 # system's bcc module, with the project installed in it.
+#
+# prometheus (with promtool) checks and unit-tests deploy/prometheus and runs in
+# the live tests. On a host with systemd, installing it also starts Debian's
+# prometheus service (:9090, /var/lib/prometheus); the tests never use it: they
+# run their own server on a free port with a data directory they remove.
 
 SHELL := /bin/bash
 SYSTEM_PYTHON := /usr/bin/python3
@@ -11,22 +16,33 @@ BIN := $(VENV)/bin
 ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
 # Not root: use sudo for the system parts only.
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-DEB_PACKAGES := python3-bpfcc python3-venv linux-headers-$(ARCH) iproute2 gcc libc6-dev
+# What the daemon needs, and what only the tests need on top (a compiler for the
+# layout checks, Prometheus and promtool, iptables for faults in namespaces,
+# bpftool to read the program's maps independently of the daemon).
+RUN_PACKAGES := python3-bpfcc python3-venv linux-headers-$(ARCH) iproute2
+TEST_PACKAGES := gcc libc6-dev prometheus iptables bpftool
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup deb-packages run test unit live clean
+.PHONY: setup test-setup run test unit live rules clean
 
-setup: deb-packages $(VENV)/.installed
-
-deb-packages:
-	@missing=$$(for p in $(DEB_PACKAGES); do \
+# Installs the Debian packages of $(1) that are missing.
+define install_missing
+	@missing=$$(for p in $(1); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "setup: installing Debian packages:" $$missing; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+setup:
+	$(call install_missing,$(RUN_PACKAGES))
+	@$(MAKE) --no-print-directory -s $(VENV)/.installed
+
+test-setup: setup
+	$(call install_missing,$(TEST_PACKAGES))
 
 # --system-site-packages: bcc is Debian's python3-bpfcc, never the unrelated PyPI "bcc".
 $(VENV)/.installed: pyproject.toml
@@ -40,14 +56,19 @@ run: setup
 
 # Unit tests need nothing; live tests need root and the kernel (with CI=true they
 # fail instead of skipping when they cannot run).
-test: setup
+test: test-setup
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
-unit: setup
+unit: test-setup
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-live: setup
+live: test-setup
 	$(BIN)/python -m pytest tests/live $(PYTEST_ARGS)
+
+# Alert rules and scrape config alone (promtool check/test, metric names against
+# the daemon's). `make test` runs them too: they are unit tests.
+rules: test-setup
+	$(BIN)/python -m pytest tests/unit/test_alert_rules.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

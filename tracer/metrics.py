@@ -115,12 +115,18 @@ class TcpStateCollector(Collector):
         self._labels.decide(ports, listening)
         label = self._labels
 
+        # A port that makes connections has both failure series from its first connect,
+        # so increase() sees the first failure too.
+        failures = {(p, reason): 0 for (p, kind, old, new) in kernel_counts
+                    if kind == _STATE and old == _CLOSE and new == TcpState.SYN_SENT.value
+                    for reason in ("refused", "timeout")}
+        failures.update(outcomes.connect_failures)
         yield from self._counts(kernel_counts, label)
         yield self._gauge("tcpstate_sockets",
                           "Sockets now in each TCP state by service port; TIME_WAIT is modelled from "
                           "orderly active closes and checked against the kernel's socket table",
                           ["port", "state"], _fold(sockets, label), lambda k: [k[0], STATE_NAMES[k[1]]])
-        yield from self._outcomes(outcomes, label)
+        yield from self._outcomes(outcomes, failures, label)
         if report is not None:
             yield from self._stuck(report, stuck_totals, label)
         yield from self._self_metrics()
@@ -157,7 +163,7 @@ class TcpStateCollector(Collector):
             "(tcp:tcp_send_reset, tcp:tcp_receive_reset; counted in the kernel)",
             ["port", "direction"], _fold(resets, label))
 
-    def _outcomes(self, outcomes, label: PortLabels) -> Iterator[Metric]:
+    def _outcomes(self, outcomes, failures: dict, label: PortLabels) -> Iterator[Metric]:
         yield _histogram_family(
             "tcpstate_state_duration_seconds",
             "Time a socket spent in a state, observed when it left it: SYN_SENT is the client's "
@@ -176,7 +182,7 @@ class TcpStateCollector(Collector):
             "tcpstate_connect_failures",
             "connect() attempts that ended in SYN_SENT -> CLOSE: refused (a reset came back) or "
             "timeout (no answer; an application giving up on a pending connect counts here too)",
-            ["port", "reason"], _fold(outcomes.connect_failures, label))
+            ["port", "reason"], _fold(failures, label))
 
     def _stuck(self, report: Report, stuck_totals: dict, label: PortLabels) -> Iterator[Metric]:
         yield self._gauge(

@@ -143,3 +143,9 @@ def test_exposition_is_lint_clean():
                             capture_output=True, timeout=30)
     assert result.returncode == 0 and not result.stdout and not result.stderr, (
         result.stdout.decode() + result.stderr.decode())
+
+
+def test_a_port_that_connects_has_zero_failure_series():
+    registry, _ = collector_for(FIXTURE)
+    for reason in ("refused", "timeout"):
+        assert registry.get_sample_value("tcpstate_connect_failures_total", {"port": "20001", "reason": reason}) == 0
