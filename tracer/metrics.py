@@ -135,18 +135,19 @@ class TcpStateCollector(Collector):
     # -- families ----------------------------------------------------------------
 
     @staticmethod
-    def _counter(name: str, doc: str, labels: list[str], values: dict, names=lambda k: list(k)) -> Metric:
-        family = CounterMetricFamily(name, doc, labels=labels)
+    def _family(kind: type, name: str, doc: str, labels: list[str], values: dict,
+                names: Callable[[tuple], list[str]] = list) -> Metric:
+        """A counter or gauge family from {label values tuple: value}, in a stable order."""
+        family = kind(name, doc, labels=labels)
         for key, n in sorted(values.items(), key=lambda kv: str(kv[0])):
             family.add_metric(names(key), n)
         return family
 
-    @staticmethod
-    def _gauge(name: str, doc: str, labels: list[str], values: dict, names=lambda k: list(k)) -> Metric:
-        family = GaugeMetricFamily(name, doc, labels=labels)
-        for key, n in sorted(values.items(), key=lambda kv: str(kv[0])):
-            family.add_metric(names(key), n)
-        return family
+    def _counter(self, *args, **kwargs) -> Metric:
+        return self._family(CounterMetricFamily, *args, **kwargs)
+
+    def _gauge(self, *args, **kwargs) -> Metric:
+        return self._family(GaugeMetricFamily, *args, **kwargs)
 
     def _counts(self, kernel_counts: dict, label: PortLabels) -> Iterator[Metric]:
         transitions = {(p, old, new): n for (p, kind, old, new), n in kernel_counts.items() if kind == _STATE}
