@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import logging
 import platform
 import sys
@@ -167,8 +168,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     try:
         _stream(source, printer, _tracker(cfg), record, stop)
-    except BrokenPipeError:
-        pass  # `watch | head` is fine
     finally:
         lost = source.lost()
         source.close()
@@ -260,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `tcpstate-tracer replay FILE | head`: the reader has gone, which is fine.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
