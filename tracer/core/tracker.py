@@ -15,12 +15,21 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from tracer.core.detector import WATCHED, Report, Rules, Stuck
-from tracer.core.record import Event
-from tracer.core.states import ACTIVE_CLOSE_STATES, F_ROLE_INFERRED, EventKind, Role, TcpState
+from tracer.core.lifecycle import Lifecycle, Span
+from tracer.core.record import AF_INET, Event, comm_text, format_addr
+from tracer.core.states import (
+    ACTIVE_CLOSE_STATES,
+    F_ROLE_INFERRED,
+    ROLE_NAMES,
+    STATE_NAMES,
+    EventKind,
+    Role,
+    TcpState,
+)
 
 _CLOSE = TcpState.CLOSE.value
 _TIME_WAIT = TcpState.TIME_WAIT.value
@@ -79,7 +88,7 @@ class SocketEntry:
     __slots__ = (
         "sk", "state", "since_ns", "first_ns", "port", "role", "family", "saddr", "sport",
         "daddr", "dport", "pid", "comm", "flags", "reset", "netns", "age_known", "expires_ns",
-        "stuck_state", "opened",
+        "stuck_state", "opened", "uid", "history", "ended_ns",
     )
 
     def __init__(self, ev: Event) -> None:
@@ -104,6 +113,10 @@ class SocketEntry:
         self.expires_ns = 0
         self.stuck_state = 0  # the state this socket was last counted stuck in
         self.opened = old in _LISTEN_OR_CLOSE  # seen opening: first_ns is its birth
+        self.uid = 0  # the timeline's id, given when the table takes the socket
+        # (state, since) for the timeline; a socket first seen at its close was in `old`.
+        self.history: list[tuple[int, int]] = [(old if new == _CLOSE else new, ts)]
+        self.ended_ns = 0
 
     @property
     def conn(self) -> Conn:
@@ -131,6 +144,33 @@ def _entry_from_kernel(k: KernelSocketInfo, since_ns: int, role: int, port: int)
     entry.netns = k.netns
     entry.age_known = False
     return entry
+
+
+def _lifecycle(e: SocketEntry, wall: Callable[[int], float], ended: bool) -> Lifecycle:
+    history = list(e.history)  # the writer may append meanwhile
+    spans = []
+    for i, (state, since) in enumerate(history):
+        until = history[i + 1][1] if i + 1 < len(history) else (e.ended_ns if ended else None)
+        spans.append(Span(STATE_NAMES[state], round(wall(since), 6),
+                          None if until is None else round(wall(until), 6)))
+    return Lifecycle(
+        id=e.uid, netns=e.netns or None, family="ipv4" if e.family == AF_INET else "ipv6",
+        laddr=_addr(e.family, e.saddr), lport=e.sport, raddr=_addr(e.family, e.daddr), rport=e.dport,
+        role=ROLE_NAMES.get(e.role, "unknown"), service_port=e.port, pid=e.pid or None,
+        comm=comm_text(e.comm) or None, open=not ended, states=spans)
+
+
+_ADDRS: dict[tuple[int, bytes], str] = {}
+
+
+def _addr(family: int, raw: bytes) -> str:
+    """format_addr, remembered: a host talks to few addresses, and this runs per socket."""
+    text = _ADDRS.get((family, raw))
+    if text is None:
+        if len(_ADDRS) > 65536:
+            _ADDRS.clear()
+        text = _ADDRS[(family, raw)] = format_addr(family, raw)
+    return text
 
 
 @dataclass(frozen=True)
@@ -206,6 +246,14 @@ class Tracker:
         self.live_corrected = 0  # full sockets the kernel had in another state
         self.baseline_sockets = 0
         self._synthetic_sk = 0  # keys for sockets known only from the kernel's table
+        # The timeline: sockets whose life changed since the last drain, and those
+        # that ended (TIME_WAIT included). Bounded: past the cap the oldest ended ones
+        # are dropped, and counted.
+        self.next_uid = 1
+        self._changed: dict[int, SocketEntry] = {}
+        self._ended: list[SocketEntry] = []
+        self.max_pending_lifecycles = 4 * max_sockets
+        self.lifecycles_dropped = 0
 
     # -- writer side -------------------------------------------------------------
 
@@ -226,6 +274,7 @@ class Tracker:
         if entry is None:
             spent = -1
             entry = SocketEntry(ev)
+            entry.uid = self._take_uid()
             old = ev[10]
             if new != _CLOSE:
                 self._insert(entry)
@@ -241,6 +290,8 @@ class Tracker:
                     self._count_stuck(entry, spent)
             entry.state = new
             entry.since_ns = ev[0]
+            if new != _CLOSE:  # CLOSE ends the life (or hands it to TIME_WAIT)
+                entry.history.append((new, ev[0]))
             entry.age_known = True
             entry.port = svc
             entry.role = ev[12]
@@ -257,7 +308,9 @@ class Tracker:
         if new == _CLOSE:
             if old in _ACTIVE_CLOSE and not entry.reset:
                 self._enter_timewait(entry)
-            elif old == _SYN_SENT:
+            else:
+                self._end(entry, ev[0])
+            if old == _SYN_SENT:
                 key = (svc, "refused" if entry.reset else "timeout")
                 self.connect_failures[key] = self.connect_failures.get(key, 0) + 1
             if entry.opened and entry.role in _CONNECTION_ROLES:
@@ -265,7 +318,24 @@ class Tracker:
         else:
             key = (svc, new)
             counts[key] = counts.get(key, 0) + 1
+            self._changed[entry.uid] = entry
         return spent
+
+    def _take_uid(self) -> int:
+        uid = self.next_uid
+        self.next_uid += 1
+        return uid
+
+    def _end(self, entry: SocketEntry, end_ns: int) -> None:
+        """The socket's life is over: it goes to the timeline once more, closed."""
+        entry.ended_ns = end_ns
+        self._changed.pop(entry.uid, None)
+        ended = self._ended
+        if len(ended) >= self.max_pending_lifecycles:
+            dropped = len(ended) // 4  # the store has not kept up: drop the oldest quarter
+            del ended[:dropped]
+            self.lifecycles_dropped += dropped
+        ended.append(entry)
 
     @staticmethod
     def _observe(table: dict, key: tuple, ns: int) -> None:
@@ -290,15 +360,16 @@ class Tracker:
             while tw and tw[0].since_ns <= horizon:
                 entry = tw.popleft()
                 if not entry.expires_ns:  # the kernel's timer decides an extended one's end
-                    self._leave_timewait(entry, now_ns)
+                    self._leave_timewait(entry, entry.since_ns + self.timewait_ns)
             for entry in [e for e in self._extended.values() if e.expires_ns <= now_ns]:
-                self._leave_timewait(entry, now_ns)
+                self._leave_timewait(entry, entry.expires_ns)
 
     def _insert(self, entry: SocketEntry) -> None:
         sockets = self.sockets
         if len(sockets) >= self.max_sockets:
             oldest = sockets.pop(next(iter(sockets)))
             self.counts[(oldest.port, oldest.state)] -= 1
+            self._changed.pop(oldest.uid, None)  # no longer followed: its record stays as last written
             if self._baseline_by_conn.get(oldest.conn) is oldest:
                 del self._baseline_by_conn[oldest.conn]
             self.evicted += 1
@@ -311,7 +382,7 @@ class Tracker:
             # tcp_tw_reuse: a connect() may take over a TIME_WAIT of the same connection.
             earlier = self._timewait_by_conn.get(conn)
             if earlier is not None:
-                self._cancel_timewait(earlier)
+                self._cancel_timewait(earlier, earlier.since_ns)
                 self.timewait_reused += 1
         if self._baseline_by_conn:
             # Opened while the baseline was read: the table had it too.
@@ -320,6 +391,8 @@ class Tracker:
                 del self.sockets[twin.sk]
                 self.counts[(twin.port, twin.state)] -= 1
                 self.baseline_sockets -= 1
+                self._changed.pop(twin.uid, None)
+                twin.uid = 0  # never a life of its own: the event's socket is the same one
 
     def _adopt(self, sk: int, conn: Conn) -> SocketEntry | None:
         """The first event of a socket loaded from the kernel's table: it gets its identity."""
@@ -334,7 +407,7 @@ class Tracker:
         conn = entry.conn
         earlier = self._timewait_by_conn.get(conn)
         if earlier is not None:  # the kernel holds one TIME_WAIT per connection
-            self._cancel_timewait(earlier)
+            self._cancel_timewait(earlier, entry.since_ns)
             self.timewait_reused += 1
         while self.timewait_now >= self.max_sockets:
             if self.timewait:
@@ -344,9 +417,12 @@ class Tracker:
             else:
                 oldest = next(iter(self._extended.values()))
             self.evicted += 1
-            self._cancel_timewait(oldest)
+            self._cancel_timewait(oldest, entry.since_ns)
+        if entry.state != _TIME_WAIT:  # a full socket's close (kernel-found ones arrive in it)
+            entry.history.append((_TIME_WAIT, entry.since_ns))
         entry.state = _TIME_WAIT
         entry.stuck_state = 0
+        self._changed[entry.uid] = entry
         self.timewait.append(entry)
         self._timewait_by_conn[conn] = entry
         key = (entry.port, _TIME_WAIT)
@@ -369,10 +445,11 @@ class Tracker:
             self._observe(self.state_durations, (entry.port, _TIME_WAIT), spent)
             if spent > self._stuck_floor.get(_TIME_WAIT, spent):
                 self._count_stuck(entry, spent)
-        self._cancel_timewait(entry)
+        self._cancel_timewait(entry, now_ns)
 
-    def _cancel_timewait(self, entry: SocketEntry) -> None:
+    def _cancel_timewait(self, entry: SocketEntry, end_ns: int) -> None:
         """Ends a TIME_WAIT; a FIFO entry leaves the FIFO when it reaches the front."""
+        self._end(entry, end_ns)
         self.counts[(entry.port, _TIME_WAIT)] -= 1
         self.timewait_now -= 1
         entry.state = _CLOSE
@@ -389,7 +466,7 @@ class Tracker:
             return
         entry = self._timewait_by_conn.get((ev[2], ev[5], ev[3], ev[6]))
         if entry is not None:
-            self._cancel_timewait(entry)
+            self._cancel_timewait(entry, ev[0])
             self.timewait_cancelled += 1
 
     def _count_stuck(self, entry: SocketEntry, age_ns: int) -> None:
@@ -431,6 +508,8 @@ class Tracker:
                 self._synthetic_sk -= 1
                 entry = _entry_from_kernel(k, now_ns, role, port)
                 entry.sk = self._synthetic_sk
+                entry.uid = self._take_uid()
+                self._changed[entry.uid] = entry
                 self._insert(entry)
                 self.counts[(port, k.state)] += 1
                 self._baseline_by_conn[k.conn] = entry
@@ -443,6 +522,7 @@ class Tracker:
         # lower bound of its age, hence age_known stays False.
         since = now_ns - max(0, self.timewait_ns - k.expires_ns)
         entry = _entry_from_kernel(k, since, role, port)
+        entry.uid = self._take_uid()
         entry.expires_ns = now_ns + k.expires_ns
         self._enter_timewait(entry)
         self._extended[k.conn] = entry
@@ -470,7 +550,7 @@ class Tracker:
                 k = kernel.get(conn)
                 if k is None or k.state != _TIME_WAIT:
                     if entry.since_ns < horizon and (entry.expires_ns or entry.since_ns > ending):
-                        self._cancel_timewait(entry)
+                        self._cancel_timewait(entry, dumped_at_ns)
                         removed += 1
                     continue
                 entry.netns = k.netns
@@ -509,9 +589,12 @@ class Tracker:
                 if self._baseline_by_conn.get(entry.conn) is entry:
                     del self._baseline_by_conn[entry.conn]
                 self.live_removed += 1
+                self._end(entry, dumped_at_ns)
             else:
                 entry.state = k.state
                 entry.since_ns = dumped_at_ns
+                entry.history.append((k.state, dumped_at_ns))
+                self._changed[entry.uid] = entry
                 entry.age_known = False
                 entry.netns = k.netns
                 key = (entry.port, k.state)
@@ -563,6 +646,16 @@ class Tracker:
                         self._count_stuck(s.entry, s.age_ns)
         stuck.sort(key=lambda s: -s.age_ns)
         return Report(now_ns, stuck, counts, oldest)
+
+    def drain_lifecycles(self, wall: Callable[[int], float]) -> list[Lifecycle]:
+        """The lives that changed since the last drain: open ones as they are now, ended
+        ones for the last time. Only the swap of two containers holds the lock."""
+        with self.lock:
+            changed, self._changed = self._changed, {}
+            ended, self._ended = self._ended, []
+        records = [_lifecycle(e, wall, False) for e in changed.values() if e.uid]
+        records += [_lifecycle(e, wall, True) for e in ended if e.uid]
+        return records
 
     def stuck_totals(self) -> dict[tuple[int, int], int]:
         with self.lock:

@@ -1,0 +1,72 @@
+"""Socket lives for the timeline: what the tracker hands the store, and when."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tracer.core.clock import FakeClock
+from tracer.core.lifecycle import Lifecycle
+from tracer.core.tracker import Tracker
+from tracer.sources.replay import ReplaySource
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "loopback-3-client-close.jsonl"
+TW_NS = 60 * 10**9
+CLIENT = ["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"]
+SERVER = ["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"]
+
+
+def replayed() -> tuple[Tracker, int]:
+    tracker = Tracker(TW_NS, 1000)
+    source = ReplaySource(FIXTURE)
+    last = 0
+    while (batch := source.read()) is not None:
+        tracker.apply_batch(batch)
+        last = batch[-1][0]
+    return tracker, last
+
+
+def by_role(records: list[Lifecycle]) -> dict[str, list[Lifecycle]]:
+    out: dict[str, list[Lifecycle]] = {}
+    for r in records:
+        out.setdefault(r.role, []).append(r)
+    return out
+
+
+def test_three_connections_give_three_lives_per_role_in_the_kernels_order():
+    tracker, _ = replayed()
+    clock = FakeClock()
+    roles = by_role(tracker.drain_lifecycles(clock.wall))
+    assert sorted(roles) == ["active", "listener", "passive"]
+    assert [[s.state for s in r.states] for r in roles["active"]] == [CLIENT] * 3
+    assert [[s.state for s in r.states] for r in roles["passive"]] == [SERVER] * 3
+    assert all(r.open for r in roles["active"]), "in TIME_WAIT: still alive"
+    assert not any(r.open for r in roles["passive"] + roles["listener"])
+    for r in roles["active"] + roles["passive"]:
+        spans = r.states
+        assert all(a.until == b.since for a, b in zip(spans, spans[1:])), "spans follow each other"
+        assert (spans[-1].until is None) == r.open
+        assert (r.laddr, r.raddr, r.service_port, r.comm) == ("127.0.0.1", "127.0.0.1", 20001, "python3")
+    assert len({r.id for r in roles["active"] + roles["passive"] + roles["listener"]}) == 7
+    assert tracker.drain_lifecycles(clock.wall) == [], "nothing changed since"
+
+
+def test_timewait_end_closes_the_clients_life_60_seconds_later():
+    tracker, last = replayed()
+    clock = FakeClock()
+    first = {r.id: r for r in tracker.drain_lifecycles(clock.wall)}
+    tracker.expire(last + TW_NS + 1)
+    closed = tracker.drain_lifecycles(clock.wall)
+    assert len(closed) == 3 and not any(r.open for r in closed)
+    for r in closed:
+        tw = r.states[-1]
+        assert tw.state == "TIME_WAIT" and round(tw.until - tw.since) == 60
+        assert [s.state for s in r.states] == [s.state for s in first[r.id].states]
+
+
+def test_ids_continue_from_where_the_store_left_off():
+    tracker = Tracker(TW_NS, 1000)
+    tracker.next_uid = 5000
+    source = ReplaySource(FIXTURE)
+    while (batch := source.read()) is not None:
+        tracker.apply_batch(batch)
+    assert min(r.id for r in tracker.drain_lifecycles(FakeClock().wall)) == 5000
