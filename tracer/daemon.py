@@ -113,9 +113,17 @@ class Housekeeper:
 
     GRACE_NS = 2_000_000_000  # events still on their way are not differences
 
-    def __init__(self, tracker: Tracker, clock: Clock, reconcile_s: float, scan_s: float = 1.0) -> None:
+    RETAIN_EVERY_S = 300.0
+
+    def __init__(self, tracker: Tracker, clock: Clock, reconcile_s: float, scan_s: float = 1.0,
+                 store: object | None = None) -> None:
         self.tracker = tracker
         self.clock = clock
+        self.store = store  # tracer.store.LifecycleStore: the timeline
+        self.timeline_version = 0
+        self.timeline_written_at = 0.0
+        self.timeline_written = 0
+        self.timeline_failures = 0
         self.reconcile_s = reconcile_s
         self.scan_s = scan_s
         self.report = tracker.scan(clock.monotonic_ns())
@@ -186,13 +194,38 @@ class Housekeeper:
         self.last_scan_s = time.monotonic() - started
         return self.report
 
+    def flush_timeline(self) -> int:
+        """Writes the socket lives that changed to the store, in one batch."""
+        if self.store is None:
+            return 0
+        from tracer.store import StoreError
+
+        records = self.tracker.drain_lifecycles(self.clock.wall)
+        if not records:
+            return 0
+        try:
+            self.store.write(records)
+        except StoreError as exc:
+            self.timeline_failures += 1
+            log.warning("timeline: %d socket records not written: %s", len(records), exc)
+            return 0
+        self.timeline_written += len(records)
+        self.timeline_written_at = time.time()
+        self.timeline_version += 1
+        return len(records)
+
     def _run(self) -> None:
-        next_reconcile = time.monotonic()
+        next_reconcile = next_retain = time.monotonic()
         while not self._stop.wait(self.scan_s):
             if time.monotonic() >= next_reconcile:
                 self.reconcile_once()
                 next_reconcile = time.monotonic() + max(self.reconcile_s, 10 * self.last_reconcile_s)
             self.scan_once()
+            self.flush_timeline()
+            if self.store is not None and time.monotonic() >= next_retain:
+                self.store.retain(time.time())
+                next_retain = time.monotonic() + self.RETAIN_EVERY_S
+        self.flush_timeline()  # what changed since the last round, before the daemon exits
 
 
 def _info(k, owner: tuple[int, str] = (0, "")) -> KernelSocketInfo:

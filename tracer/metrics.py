@@ -42,6 +42,9 @@ class Housekeeping(Protocol):
     report: Report
     last_reconcile_s: float
     reconcile_failures: int
+    store: Any
+    timeline_written: int
+    timeline_failures: int
 
 
 class PipelineStats(Protocol):
@@ -203,6 +206,22 @@ class TcpStateCollector(Collector):
             _fold({k: ns / 1e9 for k, ns in report.oldest_ns.items()}, label, merge=max),
             lambda k: [k[0], STATE_NAMES[k[1]]])
 
+    def _timeline(self, stats) -> Iterator[Metric]:
+        hk = self._housekeeping
+        yield self._counter("tcpstate_timeline_records_written",
+                            "Socket lives written to the timeline store (an open one again as it changes)",
+                            [], {(): hk.timeline_written})
+        yield self._counter(
+            "tcpstate_timeline_records_lost",
+            "Socket lives the timeline lost: write_failed (the store refused a batch), dropped (the "
+            "store fell behind and the daemon's queue was full)", ["reason"],
+            {("write_failed",): hk.timeline_failures, ("dropped",): stats.lifecycles_dropped})
+        info = hk.store.stats()
+        yield self._gauge("tcpstate_timeline_rows", "Socket lives in the timeline store", [],
+                          {(): info.get("rows", 0)})
+        yield self._gauge("tcpstate_timeline_size_bytes", "Size of the timeline store on disk", [],
+                          {(): info.get("bytes", 0)})
+
     def _self_metrics(self) -> Iterator[Metric]:
         stats = self._tracker.stats()
         yield self._counter("tcpstate_events_received", "Events the core received from the kernel",
@@ -268,6 +287,8 @@ class TcpStateCollector(Collector):
                 "tcpstate_kernel_table_read_failures",
                 "Reads of the kernel's socket table that failed, per namespace (the model went unchecked)",
                 [], {(): self._housekeeping.reconcile_failures})
+            if self._housekeeping.store is not None:
+                yield from self._timeline(stats)
         yield self._gauge("tcpstate_scrape_duration_seconds", "How long the previous scrape took to collect",
                           [], {(): self._last_scrape_s})
         yield self._gauge("tcpstate_kernel_limit",

@@ -118,7 +118,7 @@ def exported() -> dict[str, set[str]]:
         while (batch := source.read()) is not None:
             tracker.apply_batch(batch)
             last_ts = batch[-1][record.Field.TS]
-        housekeeping = SimpleNamespace(report=tracker.scan(last_ts + 1), last_reconcile_s=0.0,
+        housekeeping = SimpleNamespace(report=tracker.scan(last_ts + 1), last_reconcile_s=0.0, store=None,
                                        reconcile_failures=0)
         collector = TcpStateCollector(
             source, tracker, PortLabels(64, range(32768, 61000)), housekeeping=housekeeping,

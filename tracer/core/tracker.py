@@ -196,6 +196,7 @@ class TrackerStats:
     live_removed: int
     live_corrected: int
     baseline_sockets: int
+    lifecycles_dropped: int
 
 
 class Tracker:
@@ -686,5 +687,6 @@ class Tracker:
                 timewait_rearmed=self.timewait_rearmed,
                 live_removed=self.live_removed,
                 live_corrected=self.live_corrected,
+                lifecycles_dropped=self.lifecycles_dropped,
                 baseline_sockets=self.baseline_sockets,
             )

@@ -1,0 +1,67 @@
+"""GET /api/v1/stream: server-sent events telling the page that sockets changed.
+
+Each viewer holds a server thread for as long as it watches, so viewers are capped
+(a 503 past the cap) and every stream ends after a while (browsers reconnect on
+their own): scrapes and API calls are never starved.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Protocol
+
+from flask import Blueprint, Response, current_app, jsonify
+
+bp = Blueprint("stream", __name__, url_prefix="/api/v1")
+
+STREAM_SECONDS = 300
+KEEPALIVE_SECONDS = 15
+
+
+class Changes(Protocol):
+    timeline_version: int  # grows whenever the timeline was written
+    timeline_written_at: float
+
+
+class Viewers:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def enter(self) -> bool:
+        return self._slots.acquire(blocking=False)
+
+    def leave(self) -> None:
+        self._slots.release()
+
+
+@bp.get("/stream")
+def stream():
+    changes: Changes = current_app.config["CHANGES"]
+    viewers: Viewers = current_app.config["VIEWERS"]
+    interval = current_app.config.get("STREAM_INTERVAL", 1.0)
+    if not viewers.enter():
+        return jsonify(error=f"too many live viewers (at most {viewers.limit}); reload later or "
+                             "watch without live updates", status=503), 503
+
+    def events():
+        try:
+            seen = changes.timeline_version
+            yield "retry: 5000\n\n"
+            started = quiet = time.monotonic()
+            while time.monotonic() - started < STREAM_SECONDS:
+                time.sleep(interval)
+                if changes.timeline_version != seen:
+                    seen = changes.timeline_version
+                    quiet = time.monotonic()
+                    yield f"event: changed\ndata: {json.dumps({'at': changes.timeline_written_at})}\n\n"
+                elif time.monotonic() - quiet > KEEPALIVE_SECONDS:
+                    quiet = time.monotonic()
+                    yield ": keepalive\n\n"
+        finally:
+            viewers.leave()
+
+    return Response(events(), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
