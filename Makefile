@@ -18,9 +18,10 @@ ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # What the daemon needs, and what only the tests need on top (a compiler for the
 # layout checks, Prometheus and promtool, iptables for faults in namespaces,
-# bpftool to read the program's maps independently of the daemon).
+# bpftool to read the program's maps independently of the daemon, Chromium and
+# its WebDriver for the timeline page's browser tests).
 RUN_PACKAGES := python3-bpfcc python3-venv linux-headers-$(ARCH) iproute2
-TEST_PACKAGES := gcc libc6-dev prometheus iptables bpftool
+TEST_PACKAGES := gcc libc6-dev prometheus iptables bpftool chromium chromium-driver
 ARGS ?=
 PYTEST_ARGS ?=
 
