@@ -10,7 +10,9 @@ at the first.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -50,6 +52,57 @@ class Setting:
     @property
     def env(self) -> str:
         return ENV_PREFIX + self.attr.upper()
+
+
+class Duration(float):
+    """Seconds, written as Prometheus writes durations: 90s, 30m, 12h, 7d, 2w, 1h30m.
+
+    A float, so the rest of the code computes with it; it shows as it was written."""
+
+    UNITS = {"y": 365 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    PATTERN = re.compile(r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?")
+    text: str
+
+    @classmethod
+    def parse(cls, raw: Any) -> "Duration":
+        if isinstance(raw, cls):
+            return raw
+        text = raw.strip() if isinstance(raw, str) else None
+        match = cls.PATTERN.fullmatch(text) if text else None
+        if match is None:
+            raise ValueError(f"{raw!r} is not a duration: a number and a unit, as in 90s, 30m, 12h, 7d or 2w")
+        value = cls(sum(int(n) * unit for n, unit in zip(match.groups(), cls.UNITS.values()) if n))
+        value.text = text
+        return value
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class ByteSize(int):
+    """Bytes, with a unit or without: 1GiB, 512MiB, 512MB (MB = 1000^2, MiB = 1024^2), 1000000."""
+
+    UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    PATTERN = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]*)")
+    text: str
+
+    @classmethod
+    def parse(cls, raw: Any) -> "ByteSize":
+        if isinstance(raw, cls):
+            return raw
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            raw = str(raw)
+        match = cls.PATTERN.fullmatch(raw.strip()) if isinstance(raw, str) else None
+        unit = cls.UNITS.get(match.group(2).lower()) if match else None
+        if unit is None:
+            raise ValueError(f"{raw!r} is not a size: bytes, or a number and a unit, as in 512MiB, 512MB or 1GiB")
+        value = cls(math.floor(float(match.group(1)) * unit))
+        value.text = raw.strip()
+        return value
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def _positive(value: float) -> str | None:
@@ -99,6 +152,10 @@ def _port_thresholds(value: Mapping) -> str | None:
     return "; ".join(problems) or None
 
 
+def _at_least_a_mib(value: int) -> str | None:
+    return None if value >= 2**20 else "is less than 1MiB: the store would delete everything it keeps"
+
+
 def _log_level(value: str) -> str | None:
     levels = ("debug", "info", "warning", "error")
     return None if value in levels else f"must be one of {', '.join(levels)}"
@@ -128,6 +185,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache_dir", Path, Path("/var/cache/tcpstate-tracer"),
             "where a kernel header tree is built when the running kernel has none"),
     Setting("log.level", str, "info", "debug, info, warning or error", _log_level),
+    Setting("db", Path, Path("/var/lib/tcpstate-tracer/timeline.db"),
+            "the timeline's SQLite database (every socket's life); its directory is created if needed"),
+    Setting("retention", Duration, Duration.parse("7d"),
+            "how long the timeline keeps a socket after it ended: 90s, 30m, 12h, 7d, 2w (open ones are kept)",
+            _positive),
+    Setting("retention.size", ByteSize, ByteSize.parse("1GiB"),
+            "the timeline's size limit: past it the oldest sockets that have ended go first (512MB = 512*1000^2 bytes, "
+            "1GiB = 1024^3); in a file, write it as `retention.size: 1GiB` next to `retention: 7d`",
+            _at_least_a_mib),
     Setting("stuck.thresholds", dict, {},
             "seconds a socket may stay in a state before it counts as stuck, by state "
             "(LAST_ACK, TIME_WAIT, CLOSE_WAIT, FIN_WAIT1, FIN_WAIT2, SYN_SENT, SYN_RECV); 2MSL unless set",
@@ -148,6 +214,9 @@ class Config:
     ring_buffer_mib: int
     cache_dir: Path
     log_level: str
+    db: Path = Path("/var/lib/tcpstate-tracer/timeline.db")
+    retention: float = Duration.parse("7d")  # seconds
+    retention_size: int = ByteSize.parse("1GiB")  # bytes
     stuck_thresholds: dict = field(default_factory=dict)
     stuck_ports: dict = field(default_factory=dict)
     config_file: Path | None = None
@@ -188,6 +257,11 @@ def _coerce(setting: Setting, raw: Any, where: str) -> tuple[Any, str | None]:
             if not isinstance(raw, Mapping):
                 raise ValueError
             value = dict(raw)
+        elif hasattr(kind, "parse"):  # Duration, ByteSize: their own words for what is wrong
+            try:
+                value = kind.parse(raw)
+            except ValueError as exc:
+                return None, f"{setting.name} ({where}): {exc}"
         elif kind is Path:
             if not isinstance(raw, (str, Path)) or not str(raw):
                 raise ValueError

@@ -16,7 +16,7 @@ SERVER = ["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"]
 
 
 def replayed() -> tuple[Tracker, int]:
-    tracker = Tracker(TW_NS, 1000)
+    tracker = Tracker(TW_NS, 1000, keep_lifecycles=True)
     source = ReplaySource(FIXTURE)
     last = 0
     while (batch := source.read()) is not None:
@@ -64,9 +64,17 @@ def test_timewait_end_closes_the_clients_life_60_seconds_later():
 
 
 def test_ids_continue_from_where_the_store_left_off():
-    tracker = Tracker(TW_NS, 1000)
+    tracker = Tracker(TW_NS, 1000, keep_lifecycles=True)
     tracker.next_uid = 5000
     source = ReplaySource(FIXTURE)
     while (batch := source.read()) is not None:
         tracker.apply_batch(batch)
     assert min(r.id for r in tracker.drain_lifecycles(FakeClock().wall)) == 5000
+
+
+def test_without_a_store_no_life_is_kept():
+    tracker = Tracker(TW_NS, 1000)
+    source = ReplaySource(FIXTURE)
+    while (batch := source.read()) is not None:
+        tracker.apply_batch(batch)
+    assert tracker.drain_lifecycles(FakeClock().wall) == []

@@ -202,7 +202,8 @@ class TrackerStats:
 class Tracker:
     """Applies events to the socket table and keeps per-(port, state) counts."""
 
-    def __init__(self, timewait_ns: int, max_sockets: int, rules: Rules | None = None) -> None:
+    def __init__(self, timewait_ns: int, max_sockets: int, rules: Rules | None = None,
+                 keep_lifecycles: bool = False) -> None:
         if timewait_ns <= 0 or max_sockets <= 0:
             raise ValueError("timewait_ns and max_sockets must be positive")
         self.timewait_ns = timewait_ns
@@ -250,6 +251,7 @@ class Tracker:
         # The timeline: sockets whose life changed since the last drain, and those
         # that ended (TIME_WAIT included). Bounded: past the cap the oldest ended ones
         # are dropped, and counted.
+        self.keep_lifecycles = keep_lifecycles  # only when a store drains them
         self.next_uid = 1
         self._changed: dict[int, SocketEntry] = {}
         self._ended: list[SocketEntry] = []
@@ -319,7 +321,8 @@ class Tracker:
         else:
             key = (svc, new)
             counts[key] = counts.get(key, 0) + 1
-            self._changed[entry.uid] = entry
+            if self.keep_lifecycles:
+                self._changed[entry.uid] = entry
         return spent
 
     def _take_uid(self) -> int:
@@ -330,6 +333,8 @@ class Tracker:
     def _end(self, entry: SocketEntry, end_ns: int) -> None:
         """The socket's life is over: it goes to the timeline once more, closed."""
         entry.ended_ns = end_ns
+        if not self.keep_lifecycles:
+            return
         self._changed.pop(entry.uid, None)
         ended = self._ended
         if len(ended) >= self.max_pending_lifecycles:
@@ -423,7 +428,8 @@ class Tracker:
             entry.history.append((_TIME_WAIT, entry.since_ns))
         entry.state = _TIME_WAIT
         entry.stuck_state = 0
-        self._changed[entry.uid] = entry
+        if self.keep_lifecycles:
+            self._changed[entry.uid] = entry
         self.timewait.append(entry)
         self._timewait_by_conn[conn] = entry
         key = (entry.port, _TIME_WAIT)
@@ -510,7 +516,8 @@ class Tracker:
                 entry = _entry_from_kernel(k, now_ns, role, port)
                 entry.sk = self._synthetic_sk
                 entry.uid = self._take_uid()
-                self._changed[entry.uid] = entry
+                if self.keep_lifecycles:
+                    self._changed[entry.uid] = entry
                 self._insert(entry)
                 self.counts[(port, k.state)] += 1
                 self._baseline_by_conn[k.conn] = entry
@@ -595,7 +602,8 @@ class Tracker:
                 entry.state = k.state
                 entry.since_ns = dumped_at_ns
                 entry.history.append((k.state, dumped_at_ns))
-                self._changed[entry.uid] = entry
+                if self.keep_lifecycles:
+                    self._changed[entry.uid] = entry
                 entry.age_known = False
                 entry.netns = k.netns
                 key = (entry.port, k.state)

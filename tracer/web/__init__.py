@@ -12,8 +12,6 @@ from flask import Flask, jsonify
 from prometheus_client import CollectorRegistry
 from werkzeug.exceptions import HTTPException
 
-from tracer.web.stream import Viewers
-
 
 class Health(Protocol):
     def alive(self) -> tuple[bool, str]: ...
@@ -21,28 +19,24 @@ class Health(Protocol):
     def ready(self) -> tuple[bool, str]: ...
 
 
-def create_app(registry: CollectorRegistry, health: Health, stuck: object, clock: object,
-               viewers: int = 8) -> Flask:
+def create_app(registry: CollectorRegistry, health: Health, stuck: object, clock: object) -> Flask:
     """``stuck`` has the detector's latest ``report``; ``clock`` turns kernel time into Unix time."""
     app = Flask(__name__, static_folder=None)  # the timeline serves its own assets
     app.config["REGISTRY"] = registry
     app.config["HEALTH"] = health
     app.config["STUCK"] = stuck
     app.config["CLOCK"] = clock
-    app.config["CHANGES"] = stuck  # the housekeeper also says when the timeline changed
-    app.config["VIEWERS"] = Viewers(viewers)
+
 
     from tracer.web import api as api_bp
     from tracer.web import health as health_bp
     from tracer.web import metrics as metrics_bp
-    from tracer.web import stream as stream_bp
-    from tracer.web import timeline as timeline_bp
 
     app.register_blueprint(metrics_bp.bp)
     app.register_blueprint(health_bp.bp)
     app.register_blueprint(api_bp.bp)
-    app.register_blueprint(stream_bp.bp)
-    app.register_blueprint(timeline_bp.bp)
+    # The timeline page (tracer/web/timeline.py) and its live stream (stream.py) are
+    # registered once the store and /api/v1/sockets they read from exist.
 
     @app.errorhandler(HTTPException)
     def json_error(exc: HTTPException):  # API clients get JSON, never an HTML page
