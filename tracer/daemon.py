@@ -18,6 +18,7 @@ from werkzeug.serving import make_server
 from tracer import headers, sysctl, tracefs
 from tracer.config import Config, parse_listen_address
 from tracer.core.clock import Clock, SystemClock
+from tracer.core.detector import Report
 from tracer.core.ports import PortLabels
 from tracer.core.states import TcpState
 from tracer.core.tracker import RECONCILED_STATES, KernelSocketInfo, Tracker
@@ -103,16 +104,16 @@ class Pipeline:
 
 
 class Housekeeper:
-    """Everything off the event path, in one thread: the stuck-socket scan every
-    ``scan_s``, and every ``reconcile_s`` a read of the kernel's socket table (all
-    network namespaces) that corrects the TIME_WAIT model and names namespaces.
+    """Everything off the event path, in one thread: the stuck-socket scan and the
+    timeline's batch write (when there is a store) every ``scan_s``, and every
+    ``reconcile_s`` a read of the kernel's socket table (all network namespaces) that
+    corrects the model and names namespaces.
 
     The table read stretches to ten times what it costs, so a host with very many
     sockets in the watched states does not spend its CPU here.
     """
 
     GRACE_NS = 2_000_000_000  # events still on their way are not differences
-
     RETAIN_EVERY_S = 300.0
 
     def __init__(self, tracker: Tracker, clock: Clock, reconcile_s: float, scan_s: float = 1.0,
@@ -128,7 +129,6 @@ class Housekeeper:
         self.scan_s = scan_s
         self.report = tracker.scan(clock.monotonic_ns())
         self.last_reconcile_s = 0.0
-        self.last_scan_s = 0.0
         self.reconcile_failures = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="housekeeper", daemon=True)
@@ -188,10 +188,8 @@ class Housekeeper:
             log.debug("TIME_WAIT reconciled with the kernel: %d ended early, %d found", removed, added)
         return removed, added
 
-    def scan_once(self):
-        started = time.monotonic()
+    def scan_once(self) -> Report:
         self.report = self.tracker.scan(self.clock.monotonic_ns())
-        self.last_scan_s = time.monotonic() - started
         return self.report
 
     def flush_timeline(self) -> int:

@@ -353,7 +353,8 @@ class SqliteStore:
         """One transaction for the whole batch: an upsert by id where the last write wins,
         except that an open record never overwrites a closed one (a late copy of a socket's
         open state must not bring it back to life). A batch that fails (disk full, I/O
-        error) is counted under ``dropped`` and logged; the daemon goes on."""
+        error) is rolled back, counted under ``dropped``, and raises StoreError; a record
+        that cannot be stored (no spans) is counted there and logged, and the rest go in."""
         batch: dict[int, tuple] = {}
         bad = 0
         for r in records:
@@ -391,14 +392,14 @@ class SqliteStore:
                     conn.execute("UPDATE meta SET value = ? WHERE key = 'max_id'", (max_id,))
             except sqlite3.Error as exc:
                 self._dropped += len(batch)
-                self._log_failure(f"a batch of {len(batch)} records was not written ({exc})")
-                return
+                raise StoreError(f"cannot write {len(batch)} records to the timeline store {self.path}: {exc} "
+                                 "(is its disk full or read-only?)") from None
             self._rows += len(inserts)
             self._max_id = max_id
             self._writes += len(inserts) + len(same_keys) + len(new_keys)
 
     def _log_failure(self, message: str) -> None:
-        if message != self._last_failure:  # once per kind of failure, not once per batch
+        if message != self._last_failure:  # once per kind of failure, not once per record
             log.warning("timeline store %s: %s; counted as dropped", self.path, message)
         self._last_failure = message
 
