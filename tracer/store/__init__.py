@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tracer.core.lifecycle import Lifecycle
+from tracer.core.record import format_addr, parse_addr
 
 MAX_LIMIT = 1000
 
@@ -26,10 +27,20 @@ class Page:
     next: str | None  # cursor for the next page; None on the last one
 
 
+def normalise_addr(text: str) -> str:
+    """An address as stores compare it (an IPv4-mapped IPv6 address as IPv4, IPv6 in its
+    short form); ValueError naming the ``addr`` parameter when it is none."""
+    try:
+        return format_addr(*parse_addr(text.strip()))
+    except ValueError:
+        raise ValueError(f"addr: {text!r} is not an IPv4 or IPv6 address") from None
+
+
 class LifecycleStore(Protocol):
     def write(self, records: list[Lifecycle]) -> None:
         """Upserts by id: an open record is written again as it changes and the last write
-        wins, but a record once closed is never reopened. One call is one transaction."""
+        wins, but a record once closed is never reopened. One call is one transaction;
+        StoreError when it failed (nothing of it was written)."""
 
     def query(self, port: int | None = None, state: str | None = None, addr: str | None = None,
               since: float | None = None, until: float | None = None, limit: int = 100,
@@ -52,6 +63,8 @@ class LifecycleStore(Protocol):
     def retain(self, now: float) -> int:
         """Deletes by age and by size; returns how many records went."""
 
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> dict[str, Any]:
+        """``rows`` and ``bytes`` on disk now; ``writes`` (records written), ``dropped``
+        (records not written) and ``deleted`` (by retention) since the store was opened."""
 
     def close(self) -> None: ...

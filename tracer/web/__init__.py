@@ -19,8 +19,10 @@ class Health(Protocol):
     def ready(self) -> tuple[bool, str]: ...
 
 
-def create_app(registry: CollectorRegistry, health: Health, stuck: object, clock: object) -> Flask:
-    """``stuck`` has the detector's latest ``report``; ``clock`` turns kernel time into Unix time."""
+def create_app(registry: CollectorRegistry, health: Health, stuck: object, clock: object,
+               store: object | None = None) -> Flask:
+    """``stuck`` has the detector's latest ``report``; ``clock`` turns kernel time into Unix time;
+    ``store`` (a tracer.store.LifecycleStore) serves /api/v1/sockets when given."""
     app = Flask(__name__, static_folder=None)  # the timeline serves its own assets
     app.config["REGISTRY"] = registry
     app.config["HEALTH"] = health
@@ -35,6 +37,11 @@ def create_app(registry: CollectorRegistry, health: Health, stuck: object, clock
     app.register_blueprint(metrics_bp.bp)
     app.register_blueprint(health_bp.bp)
     app.register_blueprint(api_bp.bp)
+    if store is not None:
+        from tracer.web import sockets_api as sockets_bp
+
+        app.config["STORE"] = store
+        app.register_blueprint(sockets_bp.bp)
     # The timeline page (tracer/web/timeline.py) and its live stream (stream.py) are
     # registered once the store and /api/v1/sockets they read from exist.
 
