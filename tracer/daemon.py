@@ -114,7 +114,7 @@ class Housekeeper:
     """
 
     GRACE_NS = 2_000_000_000  # events still on their way are not differences
-    RETAIN_EVERY_S = 300.0
+    RETAIN_EVERY_S = 10.0  # cheap when there is nothing to delete; at full churn 300 s is gigabytes
 
     def __init__(self, tracker: Tracker, clock: Clock, reconcile_s: float, scan_s: float = 1.0,
                  store: object | None = None) -> None:
@@ -274,9 +274,22 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
         listener.close()
         raise StartupError(str(exc)) from None
 
-    tracker = Tracker(int(cfg.timewait_seconds * 1e9), cfg.max_sockets, cfg.rules())
+    from tracer.store import StoreError
+    from tracer.store.sqlite import SqliteStore
+
+    try:
+        store = SqliteStore(cfg.db, cfg.retention, cfg.retention_size)
+    except StoreError as exc:
+        listener.close()
+        source.close()
+        raise StartupError(str(exc)) from None
+    stale = store.close_stale(time.time())
+    if stale:
+        log.info("timeline: %d sockets left open by the previous run marked ended", stale)
+    tracker = Tracker(int(cfg.timewait_seconds * 1e9), cfg.max_sockets, cfg.rules(), keep_lifecycles=True)
+    tracker.next_uid = store.next_id()  # ids stay unique across restarts
     pipeline = Pipeline(source, tracker, clock)
-    housekeeper = Housekeeper(tracker, clock, cfg.timewait_reconcile_seconds)
+    housekeeper = Housekeeper(tracker, clock, cfg.timewait_reconcile_seconds, store=store)
     # The program is attached: what opens from now on is seen, what was open is loaded.
     housekeeper.load_baseline(source)
     ephemeral = sysctl.ephemeral_ports()
@@ -286,7 +299,7 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(TcpStateCollector(source, tracker, PortLabels(cfg.max_ports, ephemeral),
                                         housekeeping=housekeeper, pipeline=pipeline, limits=limits))
-    app = create_app(registry, pipeline, housekeeper, clock)
+    app = create_app(registry, pipeline, housekeeper, clock, store=store)
     host, port = parse_listen_address(cfg.web_listen_address)
     server = make_server(host, port, app, threaded=True, fd=listener.fileno())
     pipeline.start()
@@ -306,8 +319,9 @@ def run(cfg: Config) -> int:
         time.sleep(0.2)
     log.info("stopping")
     running.server.shutdown()
-    running.housekeeper.stop()
     running.pipeline.stop()
+    running.housekeeper.stop()  # after the writer: its last flush sees every event
+    running.housekeeper.store.close()
     running.pipeline.source.close()
     if running.pipeline.failure:
         log.error("%s", running.pipeline.failure)

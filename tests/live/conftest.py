@@ -86,6 +86,8 @@ def start_daemon(tmp: Path, *flags: str, ready_timeout: float = 20.0) -> Daemon:
     earlier tests leave TIME_WAIT on many ports, which would use up the default cap."""
     if "--max-ports" not in flags:
         flags += ("--max-ports", "65535")
+    if "--db" not in flags:
+        flags += ("--db", str(tmp / "timeline.db"))
     url = f"http://127.0.0.1:{free_port()}"
     log = tmp / "daemon.log"
     with open(log, "w") as out:

@@ -39,11 +39,15 @@ def create_app(registry: CollectorRegistry, health: Health, stuck: object, clock
     app.register_blueprint(api_bp.bp)
     if store is not None:
         from tracer.web import sockets_api as sockets_bp
+        from tracer.web import stream as stream_bp
+        from tracer.web import timeline as timeline_bp
 
         app.config["STORE"] = store
+        app.config["CHANGES"] = stuck  # the housekeeper also says when the timeline changed
+        app.config["VIEWERS"] = stream_bp.Viewers(8)
         app.register_blueprint(sockets_bp.bp)
-    # The timeline page (tracer/web/timeline.py) and its live stream (stream.py) are
-    # registered once the store and /api/v1/sockets they read from exist.
+        app.register_blueprint(stream_bp.bp)
+        app.register_blueprint(timeline_bp.bp)
 
     @app.errorhandler(HTTPException)
     def json_error(exc: HTTPException):  # API clients get JSON, never an HTML page
