@@ -27,7 +27,7 @@ def test_daemonset_runs_the_daemon_with_flags_it_knows_and_probes_it():
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
     assert pod["spec"]["hostPID"] is True, "namespaces are found through the host's /proc"
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert {"/sys/kernel/tracing", "/usr/src", "/run/netns", str(cfg.cache_dir)} <= mounts
+    assert {"/sys/kernel/tracing", "/usr/src", "/run/netns", str(cfg.cache_dir), str(cfg.db.parent)} <= mounts
 
 
 def test_systemd_unit_runs_the_daemon_with_flags_it_knows():
