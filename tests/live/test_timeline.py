@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import time
 
 from tests.live import traffic
@@ -42,3 +43,32 @@ def test_twenty_connections_stored_in_the_kernels_order_and_kept_across_a_restar
         assert stop_daemon(again) == 0, again.log.read_text()
     assert sorted(s["id"] for s in after) == sorted(s["id"] for s in found)
     assert all([x["state"] for x in s["states"]] == CLIENT for s in after if s["role"] == "active")
+
+
+def test_the_page_shows_the_daemons_sockets_in_chromium(live_host, tmp_path, record_property):
+    from tests.live.browser import chromium, wait_for
+
+    port = traffic.quiet_port()
+    daemon = start_daemon(tmp_path)
+    try:
+        traffic.client_closed(port, 20)
+        deadline = time.monotonic() + 10
+        while len(sockets(daemon.url, port)) < 40 and time.monotonic() < deadline:
+            time.sleep(0.25)
+        with chromium(tmp_path) as driver:
+            driver.get(f"{daemon.url}/?port={port}&live=0")
+            # 40 connection ends and the listener.
+            wait_for(driver, "document.body.dataset.rendered === '41' && document.body.dataset.status === 'ready'",
+                     20, "41 lifelines from the daemon")
+            rows = driver.execute_script("return [...document.querySelectorAll('#sockets tbody tr')]"
+                                         ".map(tr => [...tr.querySelectorAll('li.st')].map(li => li.dataset.state))")
+            screens = Path(__file__).resolve().parents[2] / "test-output" / "timeline-screens"
+            screens.mkdir(parents=True, exist_ok=True)
+            shot = screens / "daemon-20-connections.png"
+            shot.write_bytes(driver.get_screenshot_as_png())
+            record_property("screenshot", str(shot))
+            print(f"timeline screenshot against the daemon: {shot}")
+    finally:
+        assert stop_daemon(daemon) == 0, daemon.log.read_text()
+    assert len(rows) == 41
+    assert sum(r == CLIENT for r in rows) == 20 and sum(r == SERVER for r in rows) == 20
