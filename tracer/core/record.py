@@ -77,6 +77,11 @@ def parse_addr(text: str) -> tuple[int, bytes]:
     return AF_INET6, raw
 
 
+def family_name(family: int) -> str:
+    """How the API, the timeline and `watch --json` name an address family."""
+    return "ipv4" if family == AF_INET else "ipv6"
+
+
 def comm_text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
@@ -88,7 +93,7 @@ def to_json(ev: Event) -> dict[str, Any]:
         "ts_ns": ts,
         "sk": f"{sk:#x}",
         "kind": _KIND_NAMES.get(kind, str(kind)),
-        "family": "ipv4" if fam == AF_INET else "ipv6",
+        "family": family_name(fam),
         "saddr": format_addr(fam, saddr),
         "sport": sport,
         "daddr": format_addr(fam, daddr),

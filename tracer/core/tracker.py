@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from tracer.core.detector import WATCHED, Report, Rules, Stuck
 from tracer.core.lifecycle import Lifecycle, Span
-from tracer.core.record import AF_INET, Event, comm_text, format_addr
+from tracer.core.record import Event, comm_text, family_name, format_addr
 from tracer.core.states import (
     ACTIVE_CLOSE_STATES,
     F_ROLE_INFERRED,
@@ -154,7 +154,7 @@ def _lifecycle(e: SocketEntry, wall: Callable[[int], float], ended: bool) -> Lif
         spans.append(Span(STATE_NAMES[state], round(wall(since), 6),
                           None if until is None else round(wall(until), 6)))
     return Lifecycle(
-        id=e.uid, netns=e.netns or None, family="ipv4" if e.family == AF_INET else "ipv6",
+        id=e.uid, netns=e.netns or None, family=family_name(e.family),
         laddr=_addr(e.family, e.saddr), lport=e.sport, raddr=_addr(e.family, e.daddr), rport=e.dport,
         role=ROLE_NAMES.get(e.role, "unknown"), service_port=e.port, pid=e.pid or None,
         comm=comm_text(e.comm) or None, open=not ended, states=spans)

@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, jsonify
 
 from tracer.core.clock import Clock
 from tracer.core.detector import Report, Stuck
-from tracer.core.record import comm_text, format_addr, role_name
+from tracer.core.record import comm_text, family_name, format_addr, role_name
 from tracer.core.states import STATE_NAMES
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -23,7 +23,7 @@ def stuck_json(s: Stuck, clock: Clock) -> dict[str, Any]:
     since_ns = e.since_ns
     return {
         "netns": e.netns or None,
-        "family": "ipv4" if e.family == 2 else "ipv6",
+        "family": family_name(e.family),
         "laddr": format_addr(e.family, e.saddr),
         "lport": e.sport,
         "raddr": format_addr(e.family, e.daddr),
