@@ -15,7 +15,7 @@ import yaml
 
 from tests.live.conftest import Daemon, cannot_run
 from tests.live.observe import samples
-from tests.live.prometheus import DEPLOY, PROMETHEUS, Prometheus, start_prometheus
+from tests.live.prometheus import DEPLOY, PROMETHEUS, Prometheus, PrometheusError, start_prometheus
 from tests.live.traffic import client_closed, quiet_port
 
 JOB = "tcpstate-tracer"
@@ -47,7 +47,15 @@ def test_loopback_connections_reach_prometheus(prometheus, daemon):
     port = str(run.port)
     closes = (f'tcpstate_transitions_total{{job="{JOB}",port="{port}",'
               f'from_state="FIN_WAIT2",to_state="CLOSE"}}')
-    prometheus.wait(closes, lambda r: list(r.values()) == [CONNECTIONS], f"{CONNECTIONS} active closes")
+    try:
+        prometheus.wait(closes, lambda r: list(r.values()) == [CONNECTIONS], f"{CONNECTIONS} active closes")
+    except PrometheusError as exc:
+        # Seen once in a fresh-clone run (5 of 20): say what the daemon itself counted for the
+        # port and lost, so the next failure tells which side is short.
+        text = daemon.metrics()
+        port_lines = [line for line in text.splitlines() if f'port="{port}"' in line and "transitions" in line]
+        lost = [line for line in text.splitlines() if line.startswith("tcpstate_events_lost_total")]
+        raise PrometheusError(f"{exc}\ndaemon now: {port_lines}\nlost: {lost}") from None
     # What Prometheus has is what the daemon exports.
     assert list(samples(daemon.metrics(), "tcpstate_transitions_total", port=port, from_state="FIN_WAIT2",
                         to_state="CLOSE").values()) == [CONNECTIONS]
