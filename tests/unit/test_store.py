@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import dataclasses
 import math
 import re
@@ -553,3 +554,32 @@ def test_store_settings_from_a_file_and_their_defaults(tmp_path):
     assert (config.db, config.retention, config.retention_size) == (Path("/srv/t.db"), 86400, 512 * 2**20)
     file.write_text("retention:\n  size: 2GiB\n")
     assert load(flags={"config_file": str(file)}, environ={}).retention_size == 2 * 2**30
+
+
+def test_a_raw_life_makes_the_row_its_lifecycle_makes() -> None:
+    """The daemon writes raw lives (store.write_raw); what is stored equals what the
+    Lifecycle of the same life (lifecycle.from_raw) would store, to the microsecond."""
+    from tracer.core.lifecycle import from_raw
+    from tracer.core.states import TcpState as S
+    from tracer.store.sqlite import _raw_row, _row
+
+    offset = 1_731_000_000_123_456_789
+    loop4 = bytes([10, 0, 0, 1]) + bytes(12)
+    peer6 = bytes.fromhex("20010db8000000000000000000000001")
+    comm = b"curl".ljust(16, b"\0")
+    lives = [
+        (1, 0, 2, loop4, 40000, loop4, 443, 1, 443, 99, comm,
+         ((S.SYN_SENT.value, 5_000_000_001), (S.ESTABLISHED.value, 5_000_250_999),
+          (S.TIME_WAIT.value, 6_000_000_500)), None),
+        (2, 4026531840, 10, peer6, 8080, peer6, 51000, 2, 8080, 0, bytes(16),
+         ((S.SYN_RECV.value, 7_000_000_000), (S.CLOSE_WAIT.value, 7_100_000_000)), 9_000_000_999),
+    ]
+    for r in lives:
+        fast, slow = _raw_row(r, offset), _row(from_raw(r, lambda ns: (ns + offset) / 1e9))
+        assert (fast[:12], fast[14], fast[16:]) == (slow[:12], slow[14], slow[16:])
+        assert abs(fast[12] - slow[12]) <= 1e-6 and (fast[13] is None) == (slow[13] is None)
+        if fast[13] is not None:
+            assert abs(fast[13] - slow[13]) <= 2e-6
+        for a, b in zip(json.loads(fast[15]), json.loads(slow[15]), strict=True):
+            assert a[0] == b[0] and abs(a[1] - b[1]) <= 1 and (a[2] is None) == (b[2] is None)
+            assert a[2] is None or abs(a[2] - b[2]) <= 1

@@ -13,6 +13,10 @@ class Clock(Protocol):
         """Unix seconds for a monotonic timestamp."""
         ...
 
+    def offset_ns(self) -> int:
+        """Unix nanoseconds minus monotonic ones: wall(t) == (t + offset_ns()) / 1e9."""
+        ...
+
 
 class SystemClock:
     def __init__(self) -> None:
@@ -23,6 +27,9 @@ class SystemClock:
 
     def wall(self, monotonic_ns: int) -> float:
         return (monotonic_ns + self._offset_ns) / 1e9
+
+    def offset_ns(self) -> int:
+        return self._offset_ns
 
 
 class FakeClock:
@@ -41,3 +48,6 @@ class FakeClock:
 
     def wall(self, monotonic_ns: int) -> float:
         return self._wall_start + (monotonic_ns - self._start_ns) / 1e9
+
+    def offset_ns(self) -> int:
+        return round(self._wall_start * 1e9) - self._start_ns
