@@ -19,13 +19,14 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # What the daemon needs, and what only the tests need on top (a compiler for the
 # layout checks, Prometheus and promtool, iptables for faults in namespaces,
 # bpftool to read the program's maps independently of the daemon, Chromium and
-# its WebDriver for the timeline page's browser tests).
+# its WebDriver for the timeline page's browser tests, bpfcc-tools for the bench's
+# comparison with tcpstates; gcc also builds the bench's load generator).
 RUN_PACKAGES := python3-bpfcc python3-venv linux-headers-$(ARCH) iproute2
-TEST_PACKAGES := gcc libc6-dev prometheus iptables bpftool chromium chromium-driver
+TEST_PACKAGES := gcc libc6-dev prometheus iptables bpftool chromium chromium-driver bpfcc-tools
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup test-setup run test unit live rules clean
+.PHONY: setup test-setup run test unit live rules bench clean
 
 # Installs the Debian packages of $(1) that are missing.
 define install_missing
@@ -70,6 +71,11 @@ live: test-setup
 # the daemon's). `make test` runs them too: they are unit tests.
 rules: test-setup
 	$(BIN)/python -m pytest tests/unit/test_alert_rules.py $(PYTEST_ARGS)
+
+# The performance benchmark (about 15 minutes with its defaults; README "Performance").
+#   sudo make bench ARGS="--compare-tcpstates"
+bench: test-setup
+	$(BIN)/tcpstate-tracer bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

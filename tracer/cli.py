@@ -1,4 +1,4 @@
-"""The `tcpstate-tracer` command: run, watch, replay, check.
+"""The `tcpstate-tracer` command: run, watch, replay, stuck, check, bench.
 
 Errors the operator can fix end here as one line on stderr and a non-zero exit:
 2 for bad flags or configuration, 1 for everything else.
@@ -73,7 +73,43 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Preflight: privileges, bcc, tracefs, tracepoints, kernel headers, "
                                        "and a real load of the BPF program.")
     check.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML configuration file")
+
+    bench = sub.add_parser(
+        "bench", help="loopback churn: untraced vs the daemon (vs bcc tcpstates), what each kept",
+        description="Drive loopback connection churn in a private network namespace, alternating runs "
+                    "with nothing attached and with the daemon (and bcc's tcpstates), and report "
+                    "connections/s, transitions generated/counted/delivered/stored, events lost, CPU, "
+                    "memory and time to ready. Exits 3 when a target is missed. As root; needs gcc.")
+    bench.add_argument("--seconds", type=_positive, default=10.0, help="length of each run (default 10)")
+    bench.add_argument("--rounds", type=_count(1), default=3, help="runs of each setup, alternating (default 3)")
+    bench.add_argument("--threads", type=_count(1), default=2,
+                       help="connections made at a time, one per thread (default 2: one a core here)")
+    bench.add_argument("--compare-tcpstates", action="store_true",
+                       help="also run bcc's tcpstates (/usr/sbin/tcpstates-bpfcc) in the same harness")
+    bench.add_argument("--hold", type=_count(0), default=100_000, metavar="N",
+                       help="then hold N established connections open: RSS and scrape time (0: skip)")
+    bench.add_argument("--soak", type=_count(0), default=600, metavar="SECONDS",
+                       help="then churn this long with one daemon and sample its memory (default 600; 0: skip)")
+    bench.add_argument("--json", type=Path, metavar="FILE", help="also write every figure to FILE")
     return parser
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def _count(least: int):
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < least:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least {least}")
+        return int(text)
+    return parse
 
 
 def _load_config(args: argparse.Namespace) -> config.Config:
@@ -242,12 +278,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import signal
+
+    from tracer import bench
+
+    # Stopped with SIGTERM, it still deletes its namespace and stops what it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return bench.main(args.seconds, args.rounds, args.threads, args.compare_tcpstates, args.hold,
+                          args.soak, args.json, daemon_flags=[])
+    except bench.BenchError as exc:
+        raise CliError(str(exc)) from None
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
 
 
-COMMANDS = {"run": cmd_run, "watch": cmd_watch, "replay": cmd_replay, "stuck": cmd_stuck, "check": cmd_check}
+COMMANDS = {"run": cmd_run, "watch": cmd_watch, "replay": cmd_replay, "stuck": cmd_stuck, "check": cmd_check,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

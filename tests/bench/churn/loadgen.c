@@ -1,0 +1,121 @@
+/* Loopback load for `tcpstate-tracer bench` (tracer/bench.py builds and runs it).
+ *
+ *   loadgen churn PORT SECONDS THREADS
+ *       Each thread listens on PORT+i and, until SECONDS have passed, makes one
+ *       connection at a time: connect, accept, close the client, close the server.
+ *       That is 10 transitions a connection (client: CLOSE>SYN_SENT>ESTABLISHED>
+ *       FIN_WAIT1>FIN_WAIT2>CLOSE, its TIME_WAIT unreported; server: LISTEN>SYN_RECV>
+ *       ESTABLISHED>CLOSE_WAIT>LAST_ACK>CLOSE) plus 2 per listener (CLOSE>LISTEN>CLOSE).
+ *       Prints one JSON line: connections made, errors, seconds.
+ *   loadgen hold PORT COUNT
+ *       Opens COUNT connections to 4 listeners (PORT..PORT+3) and holds them
+ *       established; prints "ready COUNT", then waits for stdin to close.
+ *
+ * Every loop is bounded by a deadline or a count; every address is 127.0.0.1.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static struct sockaddr_in loopback(int port) {
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	return a;
+}
+
+static int listen_on(int port) {
+	struct sockaddr_in a = loopback(port);
+	int one = 1, fd = socket(AF_INET, SOCK_STREAM, 0);
+	if (fd < 0) { perror("socket"); exit(2); }
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (bind(fd, (void *)&a, sizeof a) || listen(fd, 4096)) {
+		fprintf(stderr, "loadgen: listen on 127.0.0.1:%d: %s\n", port, strerror(errno));
+		exit(2);
+	}
+	return fd;
+}
+
+struct worker { pthread_t thread; int port; double deadline; long made, errors; };
+
+static void *churn(void *arg) {
+	struct worker *w = arg;
+	struct sockaddr_in a = loopback(w->port);
+	int lfd = listen_on(w->port);
+	for (long i = 0;; i++) {
+		if ((i & 255) == 0 && now() >= w->deadline) break;
+		int c = socket(AF_INET, SOCK_STREAM, 0);
+		if (c < 0) { w->errors++; continue; }
+		if (connect(c, (void *)&a, sizeof a)) { w->errors++; close(c); continue; }
+		int s = accept(lfd, NULL, NULL);
+		close(c);
+		if (s < 0) { w->errors++; continue; }
+		close(s);
+		w->made++;
+	}
+	close(lfd);
+	return NULL;
+}
+
+static int run_churn(int port, double seconds, int threads) {
+	struct worker *ws = calloc(threads, sizeof *ws);
+	double start = now();
+	for (int i = 0; i < threads; i++) {
+		ws[i] = (struct worker){ .port = port + i, .deadline = start + seconds };
+		pthread_create(&ws[i].thread, NULL, churn, &ws[i]);
+	}
+	long made = 0, errors = 0;
+	for (int i = 0; i < threads; i++) {
+		pthread_join(ws[i].thread, NULL);
+		made += ws[i].made;
+		errors += ws[i].errors;
+	}
+	printf("{\"connections\": %ld, \"errors\": %ld, \"seconds\": %.6f, \"threads\": %d}\n",
+	       made, errors, now() - start, threads);
+	return errors != 0;
+}
+
+static int run_hold(int port, long count) {
+	/* Two descriptors a connection, and the listeners. */
+	struct rlimit rl = { .rlim_cur = 2 * count + 64, .rlim_max = 2 * count + 64 };
+	if (setrlimit(RLIMIT_NOFILE, &rl)) { perror("setrlimit"); return 2; }
+	int lfd[4];
+	for (int i = 0; i < 4; i++) lfd[i] = listen_on(port + i);
+	for (long i = 0; i < count; i++) {
+		struct sockaddr_in a = loopback(port + i % 4);
+		int c = socket(AF_INET, SOCK_STREAM, 0);
+		if (c < 0 || connect(c, (void *)&a, sizeof a)) {
+			fprintf(stderr, "loadgen: connection %ld: %s\n", i, strerror(errno));
+			return 2;
+		}
+		if (accept(lfd[i % 4], NULL, NULL) < 0) { perror("accept"); return 2; }
+	}
+	printf("ready %ld\n", count);
+	fflush(stdout);
+	char buf[64];
+	while (read(0, buf, sizeof buf) > 0) ;
+	return 0;  /* exit closes every descriptor */
+}
+
+int main(int argc, char **argv) {
+	if (argc == 5 && !strcmp(argv[1], "churn"))
+		return run_churn(atoi(argv[2]), atof(argv[3]), atoi(argv[4]));
+	if (argc == 4 && !strcmp(argv[1], "hold"))
+		return run_hold(atoi(argv[2]), atol(argv[3]));
+	fprintf(stderr, "usage: loadgen churn PORT SECONDS THREADS | loadgen hold PORT COUNT\n");
+	return 2;
+}
