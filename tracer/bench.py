@@ -541,15 +541,21 @@ def main(seconds: float, rounds: int, threads: int, compare: bool, hold: int, so
                 runs.append(run)
                 print(f"round {i + 1}/{rounds} {setup:9}: {run.rate:,.0f} connections/s"
                       + (f", {run.lost:,} lost" if run.lost is not None else ""), file=sys.stderr, flush=True)
-        held = None
+        print(table(runs), flush=True)  # whatever comes next, these figures are out
+        held = soaked = None
+        failures = []
         if hold:
             print(f"holding {hold:,} established connections open...", file=sys.stderr, flush=True)
-            held = bench.hold(hold)
-        soaked = None
+            try:
+                held = bench.hold(hold)
+            except BenchError as exc:
+                failures.append((f"{hold:,} established connections held", False, str(exc)))
         if soak:
             print(f"soak: {soak:g} s of churn with the daemon...", file=sys.stderr, flush=True)
-            soaked = bench.soak(soak)
-    print(table(runs))
+            try:
+                soaked = bench.soak(soak)
+            except BenchError as exc:
+                failures.append((f"{soak:g} s soak", False, str(exc)))
     if held:
         print(f"\n{held.connections:,} established connections held open ({2 * held.connections:,} sockets): "
               f"daemon RSS {held.rss_mb:.0f} MB, tracking {held.tracked:,} sockets, slowest of 3 scrapes "
@@ -558,6 +564,7 @@ def main(seconds: float, rounds: int, threads: int, compare: bool, hold: int, so
         print(f"\nsoak: {soaked.connections:,} connections in {soaked.seconds:g} s; daemon RSS every interval (MB): "
               + " ".join(f"{v:.0f}" for v in soaked.rss_mb) + f"; {soaked.lost:,} events lost")
     result = targets(runs, held, soaked)
+    result.checks += failures
     print("\ntargets:")
     for name, ok, detail in result.checks:
         print(f"  [{'met' if ok else 'MISSED'}] {name}: {detail}")

@@ -9,7 +9,8 @@
  *       Prints one JSON line: connections made, errors, seconds.
  *   loadgen hold PORT COUNT
  *       Opens COUNT connections to 4 listeners (PORT..PORT+3) and holds them
- *       established; prints "ready COUNT", then waits for stdin to close.
+ *       established (in several processes when the descriptor limit asks for it);
+ *       prints "ready COUNT", then waits for stdin to close.
  *
  * Every loop is bounded by a deadline or a count; every address is 127.0.0.1.
  */
@@ -23,6 +24,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -89,26 +91,49 @@ static int run_churn(int port, double seconds, int threads) {
 	return errors != 0;
 }
 
+/* Holds `count` connections in as many processes as the descriptor limit needs (two
+ * descriptors a connection; the hard limit may not be raised in a container). */
 static int run_hold(int port, long count) {
-	/* Two descriptors a connection, and the listeners. */
-	struct rlimit rl = { .rlim_cur = 2 * count + 64, .rlim_max = 2 * count + 64 };
-	if (setrlimit(RLIMIT_NOFILE, &rl)) { perror("setrlimit"); return 2; }
-	int lfd[4];
+	struct rlimit rl;
+	getrlimit(RLIMIT_NOFILE, &rl);
+	rl.rlim_cur = rl.rlim_max;
+	setrlimit(RLIMIT_NOFILE, &rl);
+	long per = ((long)rl.rlim_cur - 64) / 2;
+	if (per < 1) { fprintf(stderr, "loadgen: descriptor limit too low\n"); return 2; }
+	int lfd[4], ready[2];
 	for (int i = 0; i < 4; i++) lfd[i] = listen_on(port + i);
-	for (long i = 0; i < count; i++) {
-		struct sockaddr_in a = loopback(port + i % 4);
-		int c = socket(AF_INET, SOCK_STREAM, 0);
-		if (c < 0 || connect(c, (void *)&a, sizeof a)) {
-			fprintf(stderr, "loadgen: connection %ld: %s\n", i, strerror(errno));
-			return 2;
+	if (pipe(ready)) { perror("pipe"); return 2; }
+	int children = 0;
+	for (long first = 0; first < count; first += per, children++) {
+		long n = count - first < per ? count - first : per;
+		pid_t pid = fork();
+		if (pid < 0) { perror("fork"); return 2; }
+		if (pid == 0) {
+			for (long i = first; i < first + n; i++) {
+				struct sockaddr_in a = loopback(port + i % 4);
+				int c = socket(AF_INET, SOCK_STREAM, 0);
+				if (c < 0 || connect(c, (void *)&a, sizeof a) || accept(lfd[i % 4], NULL, NULL) < 0) {
+					fprintf(stderr, "loadgen: connection %ld: %s\n", i, strerror(errno));
+					_exit(2);
+				}
+			}
+			if (write(ready[1], "r", 1) != 1) _exit(2);
+			char buf[64];
+			while (read(0, buf, sizeof buf) > 0) ;
+			_exit(0);  /* exit closes every descriptor */
 		}
-		if (accept(lfd[i % 4], NULL, NULL) < 0) { perror("accept"); return 2; }
+	}
+	for (int got = 0; got < children; got++) {
+		char c;
+		if (read(ready[0], &c, 1) != 1) { fprintf(stderr, "loadgen: a holder failed\n"); return 2; }
 	}
 	printf("ready %ld\n", count);
 	fflush(stdout);
 	char buf[64];
 	while (read(0, buf, sizeof buf) > 0) ;
-	return 0;  /* exit closes every descriptor */
+	int st, bad = 0;
+	while (wait(&st) > 0) bad |= !WIFEXITED(st) || WEXITSTATUS(st);
+	return bad;
 }
 
 int main(int argc, char **argv) {
