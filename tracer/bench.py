@@ -408,7 +408,7 @@ class Bench:
                 _get(d.url + "/metrics", timeout=30)
                 scrapes.append(time.monotonic() - start)
             rss = _status_mb(d.proc.pid, "VmRSS")
-            tracked = int(m.get("tcpstate_sockets_tracked", 0))
+            tracked = _sum(m, "tcpstate_sockets_tracked")
             d.stop()
             # A daemon started while they are open reads them all from the kernel before it is ready.
             d2 = Daemon(self.workdir, self.daemon_flags)
