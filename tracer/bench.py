@@ -261,8 +261,6 @@ class Tcpstates:
     """bcc's tcpstates as its users run it, printing every transition (CSV, to a file)."""
 
     def __init__(self, workdir: Path) -> None:
-        if not TCPSTATES.exists():
-            raise BenchError(f"{TCPSTATES} is missing: install Debian's bpfcc-tools for --compare-tcpstates")
         self.out, self.err = workdir / "tcpstates.csv", workdir / "tcpstates.err"
         # BCC compiles it against kernel headers; given the same tree the daemon uses.
         from tracer import headers
@@ -469,7 +467,7 @@ def table(runs: list[Run]) -> str:
     for label, attr in (("transitions generated", "generated"), ("counted in the kernel", "counted"),
                         ("delivered to user space (host)", "delivered"), ("stored in the timeline", "stored")):
         rows.append((label, lambda s, a=attr: "; ".join(
-            _fmt(getattr(r, a)) if a == "generated" or getattr(r, a) is None else share(r, getattr(r, a))
+            _fmt(r.generated) if a == "generated" else share(r, getattr(r, a))
             for r in by[s])))
     rows += [("events reported lost", lambda s: "; ".join(_fmt(r.lost) for r in by[s])),
              ("tracer CPU s (load + catch-up)", lambda s: _fmt(_median([r.cpu_s for r in by[s]]), ".1f")),
