@@ -7,10 +7,12 @@ stretch of records with one ``struct.iter_unpack``: every record here has the sa
 size, so records sit at a fixed stride.
 
 Layout (kernel/bpf/ringbuf.c): page 0 is the consumer position (read-write); page 1
-the producer position; the data pages follow, mapped twice in a row so a record
-that wraps around the end reads as one contiguous stretch. Each record starts with
-an 8-byte header whose first word is its length with BUSY (bit 31, not committed
-yet) and DISCARD (bit 30) flags.
+the producer position; the data pages follow. The kernel maps them twice in a row
+so that a record wrapping around the end reads as one stretch, and libbpf maps both
+copies. This reader maps them once and joins a wrapped stretch itself: every mapped
+page of a ring buffer is resident, so a second copy would add the whole ring's size
+to the daemon's RSS. Each record starts with an 8-byte header whose first word is
+its length with BUSY (bit 31, not committed yet) and DISCARD (bit 30) flags.
 """
 
 from __future__ import annotations
@@ -39,12 +41,13 @@ class RingBufferReader:
                                                      self.stride - _HEADER - record_size)).iter_unpack
         self._record_size = record_size
         self._mask = data_size - 1
+        self._size = data_size
         self._max_batch = max_batch
         page = mmap.PAGESIZE
         self._page = page
         self._consumer = mmap.mmap(map_fd, page, flags=mmap.MAP_SHARED,
                                    prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._producer = mmap.mmap(map_fd, page + 2 * data_size, flags=mmap.MAP_SHARED,
+        self._producer = mmap.mmap(map_fd, page + data_size, flags=mmap.MAP_SHARED,
                                    prot=mmap.PROT_READ, offset=page)
         self._fd = map_fd
         self.discarded = 0  # records skipped (the program never discards; counted if it ever did)
@@ -57,20 +60,30 @@ class RingBufferReader:
         never ends this wait early: the timeout is the reader's polling interval."""
         self._poll.poll(max(0, int(timeout_s * 1000)))
 
+    def _bytes(self, lo: int, hi: int, step: int = 1) -> bytes:
+        """Every ``step``-th byte of the data between ring positions ``lo`` and ``hi``,
+        joined across the end of the data pages."""
+        mm, page = self._producer, self._page
+        a = lo & self._mask
+        b = a + hi - lo
+        if b <= self._size:
+            return mm[page + a:page + b:step]
+        first = mm[page + a:page + self._size:step]
+        resume = a + len(first) * step - self._size  # where the stride lands after the end
+        return first + mm[page + resume:page + b - self._size:step]
+
     def read(self) -> list[tuple]:
         """All committed records, oldest first (at most max_batch)."""
-        prod_mm = self._producer
         cons = _POS.unpack_from(self._consumer, 0)[0]
-        prod = _POS.unpack_from(prod_mm, 0)[0]
+        prod = _POS.unpack_from(self._producer, 0)[0]
         stride = self.stride
         n = min((prod - cons) // stride, self._max_batch)
         if n <= 0:
             return []
-        start = self._page + (cons & self._mask)
-        end = start + n * stride
+        end = cons + n * stride
         # Byte 3 of each header holds the BUSY and DISCARD bits; it is 0 for a
         # committed record. Stop before the first record still being written.
-        flags = prod_mm[start + 3:end:stride]
+        flags = self._bytes(cons + 3, end, stride)
         committed = len(flags) - len(flags.lstrip(b"\0"))
         if not committed and flags[0] == _DISCARD >> 24:
             # Never produced by our program, but a discarded record must not
@@ -79,16 +92,16 @@ class RingBufferReader:
             self.discarded += 1
             return self.read()
         if committed:
-            end = start + committed * stride
+            end = cons + committed * stride
             # Read the records only after their headers said committed: the kernel
             # writes a record before it clears BUSY.
             # The length is the header's low three bytes (the fourth holds the flags).
-            if any(prod_mm[start + i:end:stride].count((self._record_size >> 8 * i) & 0xFF) != committed
+            if any(self._bytes(cons + i, end, stride).count((self._record_size >> 8 * i) & 0xFF) != committed
                    for i in range(3)):
                 raise RecordMismatch(
                     f"ring buffer record length differs from the {self._record_size} bytes "
                     "this daemon decodes: the BPF program and tracer/core/record.py disagree")
-            records = list(self._unpack(prod_mm[start:end]))
+            records = list(self._unpack(self._bytes(cons, end)))
             self._consumer[0:8] = _POS.pack(cons + committed * stride)
             return records
         return []
