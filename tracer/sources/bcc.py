@@ -52,6 +52,43 @@ class SourceError(RuntimeError):
     pass
 
 
+# The compiler BCC runs once, at load. Its code pages stay mapped and resident
+# afterwards: about 85 MB of the daemon's RSS here, never used again.
+COMPILER_LIBRARIES = ("libLLVM", "libclang")
+_MADV_DONTNEED = 4
+
+
+def release_compiler_pages(smaps: str = "/proc/self/smaps") -> int:
+    """Drops the compiler's code pages from this process's resident set and returns the
+    bytes released. Only mappings that hold nothing but the file's own pages are
+    touched (not writable, no anonymous pages): those come back from the file on a
+    page fault if the compiler ever runs again. Relocated read-only data (RELRO) is
+    anonymous, and writable mappings are the process's own: both stay."""
+    libc = ct.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ct.c_void_p, ct.c_size_t, ct.c_int)
+    released = 0
+    candidates: list[tuple[int, int, int]] = []  # (lo, hi, resident kB)
+    current: list | None = None
+    with open(smaps) as f:
+        for line in f:
+            head = line.split(maxsplit=5)
+            if "-" in head[0] and len(head) >= 5:  # a mapping's first line
+                current = None
+                if len(head) == 6 and "w" not in head[1] and any(lib in head[5] for lib in COMPILER_LIBRARIES):
+                    lo, hi = (int(x, 16) for x in head[0].split("-"))
+                    current = [lo, hi, 0]
+                    candidates.append(current)
+            elif current is not None and head[0] == "Rss:":
+                current[2] = int(head[1])
+            elif current is not None and head[0] == "Anonymous:" and int(head[1]):
+                candidates.remove(current)
+                current = None
+    for lo, hi, rss_kb in candidates:
+        if libc.madvise(lo, hi - lo, _MADV_DONTNEED) == 0:
+            released += rss_kb * 1024
+    return released
+
+
 @dataclass(frozen=True)
 class KernelStats:
     events: int  # records submitted to the ring buffer
@@ -89,6 +126,7 @@ class BccSource:
         except (OSError, ValueError) as exc:
             self._bpf.cleanup()
             raise SourceError(f"mapping the events ring buffer failed: {exc}") from None
+        log.debug("compiler pages released from the resident set: %d MB", release_compiler_pages() >> 20)
         self._counts = self._bpf[b"counts"]
         self._overflow = self._bpf[b"overflow_counts"]
         self._stats = self._bpf[b"stats"]
