@@ -569,10 +569,10 @@ def test_a_raw_life_makes_the_row_its_lifecycle_makes() -> None:
     comm = b"curl".ljust(16, b"\0")
     lives = [
         (1, 0, 2, loop4, 40000, loop4, 443, 1, 443, 99, comm,
-         ((S.SYN_SENT.value, 5_000_000_001), (S.ESTABLISHED.value, 5_000_250_999),
-          (S.TIME_WAIT.value, 6_000_000_500)), None),
+         (S.SYN_SENT.value, 5_000_000_001, S.ESTABLISHED.value, 5_000_250_999,
+          S.TIME_WAIT.value, 6_000_000_500), None),
         (2, 4026531840, 10, peer6, 8080, peer6, 51000, 2, 8080, 0, bytes(16),
-         ((S.SYN_RECV.value, 7_000_000_000), (S.CLOSE_WAIT.value, 7_100_000_000)), 9_000_000_999),
+         (S.SYN_RECV.value, 7_000_000_000, S.CLOSE_WAIT.value, 7_100_000_000), 9_000_000_999),
     ]
     for r in lives:
         fast, slow = _raw_row(r, offset), _row(from_raw(r, lambda ns: (ns + offset) / 1e9))

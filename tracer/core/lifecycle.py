@@ -17,7 +17,7 @@ from tracer.core.states import ROLE_NAMES, STATE_NAMES
 # A life as the tracker hands it to the store: a plain tuple, cheap to make at the
 # churn ceiling (58,000 sockets/s), with monotonic nanoseconds and raw fields:
 # (id, netns, family, saddr, sport, daddr, dport, role, service_port, pid, comm,
-#  history, end_ns) where history is ((state, since_ns), ...) and end_ns is None
+#  history, end_ns) where history is flat, (state, since_ns, state, since_ns, ...), and end_ns is None
 # while the socket is alive. The store turns it into its row without building a
 # Lifecycle (tracer/store/sqlite.py); ``from_raw`` makes the Lifecycle the rest read.
 RawLife = tuple
@@ -73,8 +73,9 @@ def from_raw(raw: RawLife, wall: Callable[[int], float]) -> Lifecycle:
     """The Lifecycle of a raw life; ``wall`` turns monotonic nanoseconds into Unix seconds."""
     uid, netns, fam, saddr, sport, daddr, dport, role, port, pid, comm, history, end_ns = raw
     spans = []
-    for i, (state, since) in enumerate(history):
-        until = history[i + 1][1] if i + 1 < len(history) else end_ns
+    for i in range(0, len(history), 2):
+        state, since = history[i], history[i + 1]
+        until = history[i + 3] if i + 2 < len(history) else end_ns
         spans.append(Span(STATE_NAMES[state], round(wall(since), 6),
                           None if until is None else round(wall(until), 6)))
     return Lifecycle(

@@ -74,6 +74,22 @@ class Histogram:
 Conn = tuple[bytes, int, bytes, int]
 
 
+# Addresses and command names, one bytes object for each value: every record brings
+# its own copies, and a host holding 100,000 connections to a few peers would keep
+# 300,000 of them (tests/bench/tracker_memory.py).
+_INTERNED_MAX = 1 << 16
+_interned: dict[bytes, bytes] = {}
+
+
+def _intern(value: bytes) -> bytes:
+    got = _interned.get(value)
+    if got is None:
+        if len(_interned) >= _INTERNED_MAX:
+            _interned.clear()
+        got = _interned[value] = value
+    return got
+
+
 class SocketEntry:
     """What the table knows of one socket. Times are monotonic kernel nanoseconds.
 
@@ -81,6 +97,8 @@ class SocketEntry:
     entering their state: ``since_ns`` is then when the daemon first saw them.
     ``expires_ns`` is set for a TIME_WAIT whose end the kernel's timer decides
     (re-armed, or found in the table), 0 for one the model ends after the standard length.
+    ``history`` is flat, [state, since_ns, state, since_ns, ...]: a list of pairs
+    costs a tuple per transition.
     """
 
     __slots__ = (
@@ -98,12 +116,12 @@ class SocketEntry:
         self.port = svc
         self.role = role
         self.family = fam
-        self.saddr = saddr
+        self.saddr = _intern(saddr)
         self.sport = sport
-        self.daddr = daddr
+        self.daddr = _intern(daddr)
         self.dport = dport
         self.pid = pid
-        self.comm = comm
+        self.comm = _intern(comm)
         self.flags = flags
         self.reset = False
         self.netns = 0  # unknown until the kernel's table names it
@@ -113,7 +131,7 @@ class SocketEntry:
         self.opened = old in _LISTEN_OR_CLOSE  # seen opening: first_ns is its birth
         self.uid = 0  # the timeline's id, given when the table takes the socket
         # (state, since) for the timeline; a socket first seen at its close was in `old`.
-        self.history: list[tuple[int, int]] = [(old if new == _CLOSE else new, ts)]
+        self.history: list[int] = [old if new == _CLOSE else new, ts]
         self.ended_ns = 0
 
     @property
@@ -282,15 +300,17 @@ class Tracker:
             entry.port = svc
             entry.role = role
             entry.sport = sport  # 0 until connect() has bound the socket
-            entry.saddr = saddr
+            if saddr != entry.saddr:
+                entry.saddr = _intern(saddr)
             if pid:
                 entry.pid = pid
-                entry.comm = comm
+                if comm != entry.comm:
+                    entry.comm = _intern(comm)
             entry.flags = flags
             if new == _CLOSE:  # CLOSE ends the life (or hands it to TIME_WAIT)
                 del self.sockets[sk]
             else:
-                entry.history.append((new, ts))
+                entry.history += (new, ts)
                 if old == _SYN_SENT:
                     self._connected((saddr, sport, daddr, dport))
         if new == _CLOSE:
@@ -411,7 +431,7 @@ class Tracker:
             self.evicted += 1
             self._cancel_timewait(oldest, entry.since_ns)
         if entry.state != _TIME_WAIT:  # a full socket's close (kernel-found ones arrive in it)
-            entry.history.append((_TIME_WAIT, entry.since_ns))
+            entry.history += (_TIME_WAIT, entry.since_ns)
         entry.state = _TIME_WAIT
         entry.stuck_state = 0
         if self.keep_lifecycles:
@@ -587,7 +607,7 @@ class Tracker:
             else:
                 entry.state = k.state
                 entry.since_ns = dumped_at_ns
-                entry.history.append((k.state, dumped_at_ns))
+                entry.history += (k.state, dumped_at_ns)
                 if self.keep_lifecycles:
                     self._changed[entry.uid] = entry
                 entry.age_known = False

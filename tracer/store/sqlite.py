@@ -198,13 +198,13 @@ def _raw_row(raw: tuple, offset_ns: int) -> tuple:
     the daemon writes up to 58,000 of these a second. Times go to whole microseconds
     (floored) and the spans hold them relative to the start, as _row does."""
     uid, netns, fam, saddr, sport, daddr, dport, role, port, pid, comm, history, end_ns = raw
-    us = [(t + offset_ns) // 1000 for _, t in history]
+    us = [(t + offset_ns) // 1000 for t in history[1::2]]
     t0 = us[0]  # IndexError for a life without history: the caller drops it
     alive = end_ns is None
     rel = [u - t0 for u in us]
     if not alive:
         rel.append((end_ns + offset_ns) // 1000 - t0)
-    spans, mask = _template(tuple([s for s, _ in history]), alive)
+    spans, mask = _template(history[::2], alive)
     laddr, lbucket, ltext = _raw_addr(fam, saddr)
     raddr, rbucket, rtext = _raw_addr(fam, daddr)
     return (uid, netns or None, "ipv4" if fam == AF_INET else "ipv6", laddr, sport, raddr, dport,
