@@ -115,6 +115,9 @@ class Housekeeper:
     """
 
     GRACE_NS = 2_000_000_000  # events still on their way are not differences
+    # An open socket reaches the timeline once it is this old, or when it ends if that
+    # is sooner: most connections end within seconds, and are then written once.
+    SETTLE_NS = 2_000_000_000
     RETAIN_EVERY_S = 10.0  # cheap when there is nothing to delete; at full churn 300 s is gigabytes
 
     def __init__(self, tracker: Tracker, clock: Clock, reconcile_s: float, scan_s: float = 1.0,
@@ -193,13 +196,14 @@ class Housekeeper:
         self.report = self.tracker.scan(self.clock.monotonic_ns())
         return self.report
 
-    def flush_timeline(self) -> int:
-        """Writes the socket lives that changed to the store, in one batch."""
+    def flush_timeline(self, final: bool = False) -> int:
+        """Writes the socket lives that changed to the store, in one batch: all of them
+        when ``final``, else those ended or open for SETTLE_NS."""
         if self.store is None:
             return 0
         from tracer.store import StoreError
 
-        records = self.tracker.drain_raw()
+        records = self.tracker.drain_raw(None if final else self.clock.monotonic_ns() - self.SETTLE_NS)
         if not records:
             return 0
         try:
@@ -224,7 +228,7 @@ class Housekeeper:
             if self.store is not None and time.monotonic() >= next_retain:
                 self.store.retain(time.time())
                 next_retain = time.monotonic() + self.RETAIN_EVERY_S
-        self.flush_timeline()  # what changed since the last round, before the daemon exits
+        self.flush_timeline(final=True)  # what changed since the last round, before the daemon exits
 
 
 def _info(k, owner: tuple[int, str] = (0, "")) -> KernelSocketInfo:

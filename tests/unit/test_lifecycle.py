@@ -78,3 +78,41 @@ def test_without_a_store_no_life_is_kept():
     while (batch := source.read()) is not None:
         tracker.apply_batch(batch)
     assert tracker.drain_lifecycles(FakeClock().wall) == []
+
+
+def test_young_open_lives_wait_and_are_written_once_when_they_end_first():
+    tracker, last = replayed()
+    young = tracker.drain_raw(born_before_ns=0)  # every socket of the fixture is younger
+    assert sorted(len(r[11]) // 2 for r in young) == [1, 4, 4, 4], "the ended: the listener, 3 servers"
+    assert all(r[12] is not None for r in young)
+    tracker.expire(last + TW_NS + 1)  # the clients' TIME_WAITs end before they were ever written
+    clients = tracker.drain_raw(born_before_ns=0)
+    assert len(clients) == 3 and all(r[12] is not None and len(r[11]) == 10 for r in clients)
+    assert tracker.drain_raw() == []
+
+
+def test_open_lives_are_written_once_they_are_old_enough():
+    tracker, last = replayed()
+    assert len(tracker.drain_raw(born_before_ns=0)) == 4
+    assert tracker.drain_raw(born_before_ns=0) == [], "still young"
+    aged = tracker.drain_raw(born_before_ns=last + 1)
+    assert len(aged) == 3 and all(r[12] is None for r in aged), "the clients, open in TIME_WAIT"
+    assert tracker.drain_raw(born_before_ns=last + 1) == [], "and only once"
+
+
+def test_pending_ended_lives_are_bounded_and_the_dropped_counted():
+    def replay_four_times(bound: int | None) -> Tracker:
+        tracker = Tracker(TW_NS, 1000, keep_lifecycles=True)
+        if bound:
+            tracker.max_pending_lifecycles = bound
+        for lap in range(4):
+            source = ReplaySource(FIXTURE)
+            while (batch := source.read()) is not None:
+                tracker.apply_batch([(ev[0], ev[1] + lap, *ev[2:]) for ev in batch])
+        return tracker
+
+    every = sum(1 for r in replay_four_times(None).drain_raw() if r[12] is not None)
+    bounded = replay_four_times(8)
+    kept = sum(1 for r in bounded.drain_raw() if r[12] is not None)
+    assert kept <= 8 < every
+    assert bounded.stats().lifecycles_dropped == every - kept

@@ -39,6 +39,8 @@ RECONCILED_STATES = frozenset([s.value for s in WATCHED if s != TcpState.TIME_WA
 _STATE = EventKind.STATE.value
 # A re-armed TIME_WAIT timer shows as more time left in the kernel than in the model.
 _REARM_SLACK_NS = 1_000_000_000
+# Ended lives waiting for the store at most (Tracker.max_pending_lifecycles).
+PENDING_LIVES_MAX = 262_144
 
 # Histogram buckets for the time spent in a state and for whole connections:
 # 1-2-5 steps from 10 microseconds to 10 minutes (upper bounds, seconds).
@@ -246,7 +248,10 @@ class Tracker:
         self.next_uid = 1
         self._changed: dict[int, SocketEntry] = {}
         self._ended: list[SocketEntry] = []
-        self.max_pending_lifecycles = 4 * max_sockets
+        # Ended lives waiting for the store: past this (about four seconds of the churn
+        # ceiling, ~150 MB) the oldest are dropped and counted, so a store that cannot
+        # keep up costs timeline rows, not memory.
+        self.max_pending_lifecycles = min(4 * max_sockets, PENDING_LIVES_MAX)
         self.lifecycles_dropped = 0
 
     # -- writer side -------------------------------------------------------------
@@ -662,16 +667,26 @@ class Tracker:
         stuck.sort(key=lambda s: -s.age_ns)
         return Report(now_ns, stuck, counts, oldest)
 
-    def drain_raw(self) -> list[RawLife]:
+    def drain_raw(self, born_before_ns: int | None = None) -> list[RawLife]:
         """The lives that changed since the last drain, as raw tuples (lifecycle.RawLife):
-        open ones as they are now, ended ones for the last time. Only the swap of two
-        containers holds the lock; a history is copied in one step (the writer may
+        open ones as they are now, ended ones for the last time. With ``born_before_ns``,
+        open lives born at or after it wait for a later drain: most connections end
+        within seconds, and one that ends before it is drained is written once instead
+        of twice. Only the swap of two containers holds the lock (and the sorting out
+        of the young, when asked); a history is copied in one step (the writer may
         append to it meanwhile)."""
         with self.lock:
             changed, self._changed = self._changed, {}
             ended, self._ended = self._ended, []
+            if born_before_ns is not None:
+                young = {uid: e for uid, e in changed.items() if e.first_ns >= born_before_ns}
+                if young:
+                    self._changed = young
+                    changed = [e for e in changed.values() if e.first_ns < born_before_ns]
+        if isinstance(changed, dict):
+            changed = changed.values()
         out = [(e.uid, e.netns, e.family, e.saddr, e.sport, e.daddr, e.dport, e.role, e.port, e.pid, e.comm,
-                tuple(e.history), None) for e in changed.values() if e.uid]
+                tuple(e.history), None) for e in changed if e.uid]
         out += [(e.uid, e.netns, e.family, e.saddr, e.sport, e.daddr, e.dport, e.role, e.port, e.pid, e.comm,
                  tuple(e.history), e.ended_ns) for e in ended if e.uid]
         return out
