@@ -304,7 +304,7 @@ def _connect(path: Path, reader: bool) -> sqlite3.Connection:
     if reader:
         conn.execute("PRAGMA query_only = 1")
     else:
-        conn.execute("PRAGMA cache_size = -32768")  # 32 MiB: keeps the pages the writes go to
+        conn.execute("PRAGMA cache_size = -8192")  # 8 MiB: keeps the pages the writes go to
     return conn
 
 
