@@ -222,6 +222,23 @@ def test_same_connection_again_takes_over_its_time_wait(play):
     assert_consistent(tracker)
 
 
+def test_time_waits_taken_over_do_not_pile_up_until_they_would_have_expired(event):
+    """Churn that reuses its ports ends each TIME_WAIT long before its minute is up;
+    the ended ones must not stay in memory for that minute."""
+    tracker = Tracker(TW_NS, 1000)
+    for i in range(10_000):
+        tracker.apply_batch([
+            event(sk, old, new, ts_ns=i * 1_000_000 + j * US, sport=sport, dport=dport,
+                  service_port=service_port(role, sport, dport), role=role)
+            for j, (sk, role, old, new, sport, dport) in enumerate(_again(37176))])
+    assert tracker.stats().timewait_reused == 9_999
+    assert nonzero(tracker) == {(PORT, S.TIME_WAIT): 1}
+    assert len(tracker.timewait) <= 2 + 4096
+    tracker.expire(10_000 * 1_000_000 + TW_NS)
+    assert nonzero(tracker) == {}
+    assert_consistent(tracker)
+
+
 def test_reused_address_closing_again_gives_two_time_waits(play):
     tracker = Tracker(TW_NS, 1000)
     play(tracker, CLIENT_CLOSES_FIRST, start_ns=0)

@@ -39,6 +39,8 @@ RECONCILED_STATES = frozenset([s.value for s in WATCHED if s != TcpState.TIME_WA
 _STATE = EventKind.STATE.value
 # A re-armed TIME_WAIT timer shows as more time left in the kernel than in the model.
 _REARM_SLACK_NS = 1_000_000_000
+# Ended TIME_WAITs the expiry FIFO may hold beyond twice the live ones.
+_FIFO_SLACK = 4096
 # Ended lives waiting for the store at most (Tracker.max_pending_lifecycles).
 PENDING_LIVES_MAX = 262_144
 
@@ -441,7 +443,13 @@ class Tracker:
         entry.stuck_state = 0
         if self.keep_lifecycles:
             self._changed[entry.uid] = entry
-        self.timewait.append(entry)
+        tw = self.timewait
+        tw.append(entry)
+        if len(tw) > 2 * self.timewait_now + _FIFO_SLACK:
+            # An ended TIME_WAIT (taken over by a new connection, reset, reconciled) leaves
+            # the FIFO only at its front, a TIME_WAIT length later: churn that reuses its
+            # ports would keep a minute of them, a gigabyte at this machine's ceiling.
+            self.timewait = deque(e for e in tw if e.state == _TIME_WAIT)
         self._timewait_by_conn[conn] = entry
         key = (entry.port, _TIME_WAIT)
         self.counts[key] = self.counts.get(key, 0) + 1
@@ -667,24 +675,34 @@ class Tracker:
         stuck.sort(key=lambda s: -s.age_ns)
         return Report(now_ns, stuck, counts, oldest)
 
-    def drain_raw(self, born_before_ns: int | None = None) -> list[RawLife]:
+    def drain_raw(self, born_before_ns: int | None = None, limit: int | None = None) -> list[RawLife]:
         """The lives that changed since the last drain, as raw tuples (lifecycle.RawLife):
         open ones as they are now, ended ones for the last time. With ``born_before_ns``,
         open lives born at or after it wait for a later drain: most connections end
         within seconds, and one that ends before it is drained is written once instead
-        of twice. Only the swap of two containers holds the lock (and the sorting out
-        of the young, when asked); a history is copied in one step (the writer may
+        of twice. With ``limit``, at most that many, the ended first (oldest first); the
+        rest wait for the next call. Only the lock holds the containers' hand-over (and
+        the sorting out of what waits); a history is copied in one step (the writer may
         append to it meanwhile)."""
         with self.lock:
+            ended = self._ended
+            if limit is not None and len(ended) > limit:
+                ended, self._ended = ended[:limit], ended[limit:]
+            else:
+                self._ended = []
+            room = None if limit is None else limit - len(ended)
             changed, self._changed = self._changed, {}
-            ended, self._ended = self._ended, []
-            if born_before_ns is not None:
-                young = {uid: e for uid, e in changed.items() if e.first_ns >= born_before_ns}
-                if young:
-                    self._changed = young
-                    changed = [e for e in changed.values() if e.first_ns < born_before_ns]
-        if isinstance(changed, dict):
-            changed = changed.values()
+            if born_before_ns is None and room is None:
+                changed = list(changed.values())
+            else:
+                take: list[SocketEntry] = []
+                for uid, e in changed.items():
+                    if (born_before_ns is not None and e.first_ns >= born_before_ns) or \
+                            (room is not None and len(take) >= room):
+                        self._changed[uid] = e
+                    else:
+                        take.append(e)
+                changed = take
         out = [(e.uid, e.netns, e.family, e.saddr, e.sport, e.daddr, e.dport, e.role, e.port, e.pid, e.comm,
                 tuple(e.history), None) for e in changed if e.uid]
         out += [(e.uid, e.netns, e.family, e.saddr, e.sport, e.daddr, e.dport, e.role, e.port, e.pid, e.comm,
