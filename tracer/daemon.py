@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -120,17 +121,20 @@ class Housekeeper:
     # is sooner: most connections end within seconds, and are then written once.
     SETTLE_NS = 2_000_000_000
     WRITE_CHUNK = 16_384
+    # The event reader this far behind the kernel: the timeline writes one chunk a round.
+    BEHIND_S = 0.25
     RETAIN_EVERY_S = 10.0  # cheap when there is nothing to delete; at full churn 300 s is gigabytes
 
     def __init__(self, tracker: Tracker, clock: Clock, reconcile_s: float, scan_s: float = 1.0,
-                 store: object | None = None) -> None:
+                 store: object | None = None, behind: Callable[[], bool] = lambda: False) -> None:
         self.tracker = tracker
         self.clock = clock
         self.store = store  # tracer.store.LifecycleStore: the timeline
+        self.behind = behind  # whether the event reader is falling behind the kernel
         self.timeline_version = 0
         self.timeline_written_at = 0.0
         self.timeline_written = 0
-        self.timeline_failures = 0
+        self.timeline_not_written = 0  # lives the store refused
         self.reconcile_s = reconcile_s
         self.scan_s = scan_s
         self.report = tracker.scan(clock.monotonic_ns())
@@ -199,30 +203,31 @@ class Housekeeper:
         return self.report
 
     def flush_timeline(self, final: bool = False) -> int:
-        """Writes the socket lives that changed to the store, in one batch: all of them
-        when ``final``, else those ended or open for SETTLE_NS."""
+        """Writes the socket lives that changed to the store, WRITE_CHUNK at a time (one
+        transaction each): all of them when ``final``; else those ended or open for
+        SETTLE_NS, and after the first chunk only while the event reader keeps up. The
+        reader comes first: it shares the interpreter with this thread, and what it
+        falls behind on is lost for the metrics too, where a life left for the next
+        round is at worst dropped from the timeline (and counted)."""
         if self.store is None:
             return 0
         from tracer.store import StoreError
 
-        records = self.tracker.drain_raw(None if final else self.clock.monotonic_ns() - self.SETTLE_NS)
-        if not records:
-            return 0
+        born_before = None if final else self.clock.monotonic_ns() - self.SETTLE_NS
         offset, written, failure = self.clock.offset_ns(), 0, None
-        # In transactions of WRITE_CHUNK: the rows of a whole burst at once (100,000
-        # connections opened together) would stay in the daemon's RSS after.
-        for i in range(0, len(records), self.WRITE_CHUNK):
-            chunk = records[i:i + self.WRITE_CHUNK]
+        while records := self.tracker.drain_raw(born_before, self.WRITE_CHUNK):
             try:
-                self.store.write_raw(chunk, offset)
-                written += len(chunk)
-            except StoreError as exc:  # the store counts the chunk as dropped
+                self.store.write_raw(records, offset)
+                written += len(records)
+            except StoreError as exc:  # the store counts them as dropped
+                self.timeline_not_written += len(records)
                 failure = exc
+            if len(records) < self.WRITE_CHUNK or (not final and self.behind()):
+                break
+        records = None
+        release_free_memory()  # a burst's rows would stay in the RSS
         if failure is not None:
-            self.timeline_failures += 1
-            log.warning("timeline: %d socket records not written: %s", len(records) - written, failure)
-        del records, chunk
-        release_free_memory()
+            log.warning("timeline: socket records not written: %s", failure)
         if written:
             self.timeline_written += written
             self.timeline_written_at = time.time()
@@ -333,7 +338,8 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
     tracker = Tracker(int(cfg.timewait_seconds * 1e9), cfg.max_sockets, cfg.rules(), keep_lifecycles=True)
     tracker.next_uid = store.next_id()  # ids stay unique across restarts
     pipeline = Pipeline(source, tracker, clock)
-    housekeeper = Housekeeper(tracker, clock, cfg.timewait_reconcile_seconds, store=store)
+    housekeeper = Housekeeper(tracker, clock, cfg.timewait_reconcile_seconds, store=store,
+                              behind=lambda: pipeline.lag_s > Housekeeper.BEHIND_S)
     # The program is attached: what opens from now on is seen, what was open is loaded.
     housekeeper.load_baseline(source)
     ephemeral = sysctl.ephemeral_ports()

@@ -44,7 +44,7 @@ class Housekeeping(Protocol):
     reconcile_failures: int
     store: Any
     timeline_written: int
-    timeline_failures: int
+    timeline_not_written: int
 
 
 class PipelineStats(Protocol):
@@ -215,7 +215,7 @@ class TcpStateCollector(Collector):
             "tcpstate_timeline_records_lost",
             "Socket lives the timeline lost: write_failed (the store refused a batch), dropped (the "
             "store fell behind and the daemon's queue was full)", ["reason"],
-            {("write_failed",): hk.timeline_failures, ("dropped",): stats.lifecycles_dropped})
+            {("write_failed",): hk.timeline_not_written, ("dropped",): stats.lifecycles_dropped})
         info = hk.store.stats()
         yield self._gauge("tcpstate_timeline_rows", "Socket lives in the timeline store", [],
                           {(): info.get("rows", 0)})

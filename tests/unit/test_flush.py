@@ -1,0 +1,78 @@
+"""The timeline's flush (daemon.Housekeeper.flush_timeline) on a real tracker and a
+real SQLite store: in chunks, the event reader first, every life accounted for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tracer.core.clock import FakeClock
+from tracer.core.tracker import Tracker
+from tracer.daemon import Housekeeper
+from tracer.sources.replay import ReplaySource
+from tracer.store.sqlite import SqliteStore
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "loopback-3-client-close.jsonl"
+TW_NS = 60 * 10**9
+
+
+def churned(laps: int) -> tuple[Tracker, FakeClock]:
+    """``laps`` replays of 3 connections (other socket ids each lap), all ended: 7 lives a lap."""
+    tracker = Tracker(TW_NS, 10_000, keep_lifecycles=True)
+    last = 0
+    for lap in range(laps):
+        source = ReplaySource(FIXTURE)
+        while (batch := source.read()) is not None:
+            tracker.apply_batch([(ev[0], ev[1] + (lap << 32), *ev[2:]) for ev in batch])
+            last = batch[-1][0]
+    tracker.expire(last + TW_NS + 1)  # the clients' TIME_WAITs end too
+    return tracker, FakeClock(start_ns=last + TW_NS + 2)
+
+
+def test_a_limited_drain_gives_the_first_ended_first_and_keeps_the_rest():
+    everything = churned(2)[0].drain_raw()
+    tracker, _ = churned(2)
+    first = tracker.drain_raw(limit=5)
+    rest = tracker.drain_raw(limit=100)
+    assert first + rest == everything and len(first) == 5
+    assert tracker.drain_raw(limit=5) == []
+
+
+def housekeeper(tracker: Tracker, clock: FakeClock, store, behind: bool) -> Housekeeper:
+    hk = Housekeeper(tracker, clock, reconcile_s=3600, store=store, behind=lambda: behind)
+    hk.WRITE_CHUNK = 4
+    return hk
+
+
+def test_everything_is_written_in_chunks_while_the_reader_keeps_up(tmp_path):
+    tracker, clock = churned(3)
+    store = SqliteStore(tmp_path / "t.db", 86400, 1 << 30)
+    assert housekeeper(tracker, clock, store, behind=False).flush_timeline() == 21
+    assert store.stats()["rows"] == 21
+
+
+def test_a_reader_falling_behind_leaves_the_rest_for_the_next_round(tmp_path):
+    tracker, clock = churned(3)
+    store = SqliteStore(tmp_path / "t.db", 86400, 1 << 30)
+    hk = housekeeper(tracker, clock, store, behind=True)
+    assert [hk.flush_timeline() for _ in range(6)] == [4, 4, 4, 4, 4, 1]
+    assert store.stats()["rows"] == 21
+    assert tracker.stats().lifecycles_dropped == 0
+
+
+def test_the_last_flush_writes_everything_however_far_behind(tmp_path):
+    tracker, clock = churned(3)
+    store = SqliteStore(tmp_path / "t.db", 86400, 1 << 30)
+    assert housekeeper(tracker, clock, store, behind=True).flush_timeline(final=True) == 21
+
+
+def test_lives_the_store_refuses_are_counted_and_the_rest_written(tmp_path):
+    tracker, clock = churned(3)
+    store = SqliteStore(tmp_path / "t.db", 86400, 1 << 30)
+    store._conn.execute("PRAGMA query_only = 1")  # as a disk gone read-only would refuse them
+    hk = housekeeper(tracker, clock, store, behind=False)
+    assert hk.flush_timeline() == 0
+    assert hk.timeline_not_written == 21
+    store._conn.execute("PRAGMA query_only = 0")
+    churned_again, _ = churned(1)
+    hk.tracker = churned_again
+    assert hk.flush_timeline() == 7 and hk.timeline_not_written == 21
