@@ -42,7 +42,7 @@ _REARM_SLACK_NS = 1_000_000_000
 # Ended TIME_WAITs the expiry FIFO may hold beyond twice the live ones.
 _FIFO_SLACK = 4096
 # Ended lives waiting for the store at most (Tracker.max_pending_lifecycles).
-PENDING_LIVES_MAX = 262_144
+PENDING_LIVES_MAX = 131_072
 
 # Histogram buckets for the time spent in a state and for whole connections:
 # 1-2-5 steps from 10 microseconds to 10 minutes (upper bounds, seconds).
@@ -250,8 +250,8 @@ class Tracker:
         self.next_uid = 1
         self._changed: dict[int, SocketEntry] = {}
         self._ended: list[SocketEntry] = []
-        # Ended lives waiting for the store: past this (about four seconds of the churn
-        # ceiling, ~150 MB) the oldest are dropped and counted, so a store that cannot
+        # Ended lives waiting for the store: past this (about two seconds of the churn
+        # ceiling, ~75 MB) the oldest are dropped and counted, so a store that cannot
         # keep up costs timeline rows, not memory.
         self.max_pending_lifecycles = min(4 * max_sockets, PENDING_LIVES_MAX)
         self.lifecycles_dropped = 0
