@@ -224,7 +224,9 @@ class Housekeeper:
                 failure = exc
             if len(records) < self.WRITE_CHUNK or (not final and self.behind()):
                 break
-        records = None
+        if not written and failure is None:
+            return 0  # nothing was waiting
+        del records
         release_free_memory()  # a burst's rows would stay in the RSS
         if failure is not None:
             log.warning("timeline: socket records not written: %s", failure)
