@@ -121,8 +121,9 @@ class Housekeeper:
     # is sooner: most connections end within seconds, and are then written once.
     SETTLE_NS = 2_000_000_000
     WRITE_CHUNK = 16_384
-    # The event reader this far behind the kernel: the timeline writes one chunk a round.
-    BEHIND_S = 0.25
+    # The ring buffer this full: the timeline writes one chunk a round, so that the
+    # event reader catches up before records are lost.
+    BEHIND_FILL = 0.25
     RETAIN_EVERY_S = 10.0  # cheap when there is nothing to delete; at full churn 300 s is gigabytes
 
     def __init__(self, tracker: Tracker, clock: Clock, reconcile_s: float, scan_s: float = 1.0,
@@ -130,7 +131,7 @@ class Housekeeper:
         self.tracker = tracker
         self.clock = clock
         self.store = store  # tracer.store.LifecycleStore: the timeline
-        self.behind = behind  # whether the event reader is falling behind the kernel
+        self.behind = behind  # whether the event reader is falling so far behind that it may lose events
         self.timeline_version = 0
         self.timeline_written_at = 0.0
         self.timeline_written = 0
@@ -205,7 +206,8 @@ class Housekeeper:
     def flush_timeline(self, final: bool = False) -> int:
         """Writes the socket lives that changed to the store, WRITE_CHUNK at a time (one
         transaction each): all of them when ``final``; else those ended or open for
-        SETTLE_NS, and after the first chunk only while the event reader keeps up. The
+        SETTLE_NS, and after the first chunk only while the event reader is not at risk
+        of losing events (``behind``: the ring buffer a quarter full). The
         reader comes first: it shares the interpreter with this thread, and what it
         falls behind on is lost for the metrics too, where a life left for the next
         round is at worst dropped from the timeline (and counted)."""
@@ -341,7 +343,7 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
     tracker.next_uid = store.next_id()  # ids stay unique across restarts
     pipeline = Pipeline(source, tracker, clock)
     housekeeper = Housekeeper(tracker, clock, cfg.timewait_reconcile_seconds, store=store,
-                              behind=lambda: pipeline.lag_s > Housekeeper.BEHIND_S)
+                              behind=lambda: source.backlog() > Housekeeper.BEHIND_FILL)
     # The program is attached: what opens from now on is seen, what was open is loaded.
     housekeeper.load_baseline(source)
     ephemeral = sysctl.ephemeral_ports()

@@ -123,6 +123,7 @@ class BccSource:
         try:
             events = self._bpf[b"events"]
             self._ring = RingBufferReader(events.map_fd, events.max_entries, record.FORMAT)
+            self._ring_size = events.max_entries
         except (OSError, ValueError) as exc:
             self._bpf.cleanup()
             raise SourceError(f"mapping the events ring buffer failed: {exc}") from None
@@ -172,6 +173,10 @@ class BccSource:
             counters_capacity=self._counts.max_entries,
             socks_capacity=self._socks.max_entries,
         )
+
+    def backlog(self) -> float:
+        """The share of the ring buffer holding records not read yet (0 to 1)."""
+        return self._ring.pending_bytes() / self._ring_size
 
     def decode_errors(self) -> int:
         return self._ring.discarded
