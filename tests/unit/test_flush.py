@@ -15,9 +15,12 @@ FIXTURE = Path(__file__).parent.parent / "fixtures" / "loopback-3-client-close.j
 TW_NS = 60 * 10**9
 
 
-def churned(laps: int) -> tuple[Tracker, FakeClock]:
-    """``laps`` replays of 3 connections (other socket ids each lap), all ended: 7 lives a lap."""
+def churned(laps: int, pending_max: int | None = None) -> tuple[Tracker, FakeClock]:
+    """``laps`` replays of 3 connections (other socket ids each lap), all ended: 7 lives a
+    lap; at most ``pending_max`` of them wait for the store, when given."""
     tracker = Tracker(TW_NS, 10_000, keep_lifecycles=True)
+    if pending_max is not None:
+        tracker.max_pending_lifecycles = pending_max
     last = 0
     for lap in range(laps):
         source = ReplaySource(FIXTURE)
@@ -35,6 +38,14 @@ def test_a_limited_drain_gives_the_first_ended_first_and_keeps_the_rest():
     rest = tracker.drain_raw(limit=100)
     assert first + rest == everything and len(first) == 5
     assert tracker.drain_raw(limit=5) == []
+
+
+def test_pending_ended_lives_are_bounded_and_the_dropped_counted():
+    every = len(churned(4)[0].drain_raw())
+    bounded, _ = churned(4, pending_max=8)
+    kept = len(bounded.drain_raw())
+    assert kept <= 8 < every
+    assert bounded.stats().lifecycles_dropped == every - kept
 
 
 def housekeeper(tracker: Tracker, clock: FakeClock, store, behind: bool) -> Housekeeper:

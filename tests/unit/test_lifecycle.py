@@ -99,20 +99,3 @@ def test_open_lives_are_written_once_they_are_old_enough():
     assert len(aged) == 3 and all(r[12] is None for r in aged), "the clients, open in TIME_WAIT"
     assert tracker.drain_raw(born_before_ns=last + 1) == [], "and only once"
 
-
-def test_pending_ended_lives_are_bounded_and_the_dropped_counted():
-    def replay_four_times(bound: int | None) -> Tracker:
-        tracker = Tracker(TW_NS, 1000, keep_lifecycles=True)
-        if bound:
-            tracker.max_pending_lifecycles = bound
-        for lap in range(4):
-            source = ReplaySource(FIXTURE)
-            while (batch := source.read()) is not None:
-                tracker.apply_batch([(ev[0], ev[1] + lap, *ev[2:]) for ev in batch])
-        return tracker
-
-    every = sum(1 for r in replay_four_times(None).drain_raw() if r[12] is not None)
-    bounded = replay_four_times(8)
-    kept = sum(1 for r in bounded.drain_raw() if r[12] is not None)
-    assert kept <= 8 < every
-    assert bounded.stats().lifecycles_dropped == every - kept
