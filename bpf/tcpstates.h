@@ -8,6 +8,7 @@
 #define TCPSTATES_H
 
 #define TCPSTATE_COMM_LEN 16
+#define TCPSTATE_MORE     7  /* transitions a record carries after its first */
 
 /* What a record reports. */
 #define TCPSTATE_KIND_STATE    0 /* sock:inet_sock_set_state */
@@ -41,6 +42,13 @@ struct tcpstate_event {
 	__u8  role;           /* TCPSTATE_ROLE_* */
 	__u8  flags;          /* TCPSTATE_F_* */
 	char  comm[TCPSTATE_COMM_LEN];
+	/* A socket the program saw open is assembled here while it is young, and sent
+	 * as one record when it closes: the first transition above, then `more` of
+	 * these. A record of one transition (more = 0) is a socket's transition sent
+	 * on its own. Header fields hold the latest values (owner, ports, addresses). */
+	__u8  more;
+	__u8  more_state[TCPSTATE_MORE]; /* kind << 4 | newstate */
+	__u64 more_ts[TCPSTATE_MORE];
 };
 
 /* Exact transition counters, aggregated in the kernel so they stay exact when
@@ -54,11 +62,12 @@ struct tcpstate_count_key {
 };
 
 /* Slots of the per-CPU `stats` array. */
-#define TCPSTATE_STAT_EVENTS        0 /* records submitted to the ring buffer */
-#define TCPSTATE_STAT_RINGBUF_FULL  1 /* records lost: ring buffer reserve failed */
+#define TCPSTATE_STAT_EVENTS        0 /* transitions and resets submitted to the ring buffer */
+#define TCPSTATE_STAT_RINGBUF_FULL  1 /* transitions and resets lost: ring buffer full */
 #define TCPSTATE_STAT_COUNTS_FULL   2 /* counter map full: counted in overflow_counts */
 #define TCPSTATE_STAT_SOCKS_FULL    3 /* socket map full: role/owner not remembered */
-#define TCPSTATE_STAT_NSLOTS        4
+#define TCPSTATE_STAT_LIVES_FULL    4 /* young-life map full: the socket's transitions sent one by one */
+#define TCPSTATE_STAT_NSLOTS        5
 
 /* overflow_counts index: kind * 256 + oldstate * 16 + newstate */
 #define TCPSTATE_OVERFLOW_SLOTS (3 * 256)

@@ -23,6 +23,7 @@ from tracer.config import Config, parse_listen_address
 from tracer.core.clock import Clock, SystemClock
 from tracer.core.detector import Report
 from tracer.core.ports import PortLabels
+from tracer.core.record import MORE_AT, MORE_TS_AT
 from tracer.core.states import TcpState
 from tracer.core.tracker import RECONCILED_STATES, KernelSocketInfo, Tracker
 from tracer.metrics import TcpStateCollector
@@ -34,6 +35,13 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_S = 0.2
 # The writer checks in at least every POLL_TIMEOUT_S; this much silence means it is stuck.
 STALL_S = 10.0
+
+
+def sent_ns(item: tuple) -> int:
+    """When the kernel sent an event, or a record (a life is sent at its last transition)."""
+    if len(item) > MORE_AT and item[MORE_AT]:
+        return item[MORE_TS_AT + item[MORE_AT] - 1]
+    return item[0]
 
 
 class StartupError(RuntimeError):
@@ -68,15 +76,23 @@ class Pipeline:
 
     def _run(self) -> None:
         source, tracker, clock = self.source, self.tracker, self.clock
+        # The kernel's source hands out records, a young socket's life in one.
+        read_records = getattr(source, "read_records", None)
+        read, apply = (read_records, tracker.apply_records) if read_records else (source.read, tracker.apply_batch)
+        sweep = getattr(source, "sweep", None)
         try:
             while not self._stop.is_set():
-                batch = source.read(POLL_TIMEOUT_S)
+                batch = read(POLL_TIMEOUT_S)
                 if batch is None:
                     break
                 now = clock.monotonic_ns()
                 if batch:
-                    self.lag_s = max(0, now - batch[0][0]) / 1e9
-                    tracker.apply_batch(batch)
+                    self.lag_s = max(0, now - sent_ns(batch[0])) / 1e9
+                    apply(batch)
+                if sweep is not None:
+                    taken = sweep()
+                    if taken:
+                        apply(taken)
                 else:
                     self.lag_s = 0.0
                 tracker.expire(now)

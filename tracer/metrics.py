@@ -264,12 +264,14 @@ class TcpStateCollector(Collector):
             yield self._gauge("tcpstate_kernel_map_entries", "Entries in the program's maps now",
                               ["map"], {("counters",): k.counters})
             yield self._gauge("tcpstate_kernel_map_capacity", "Entries the program's maps can hold",
-                              ["map"], {("counters",): k.counters_capacity, ("sockets",): k.socks_capacity})
+                              ["map"], {("counters",): k.counters_capacity, ("sockets",): k.socks_capacity,
+                                        ("lives",): k.lives_capacity})
             yield self._counter(
                 "tcpstate_kernel_map_full",
                 "Updates refused by a full map: counters (the transition was still counted, under "
-                "port=\"other\"), sockets (a socket's role and owner were not remembered)",
-                ["map"], {("counters",): k.counts_full, ("sockets",): k.socks_full})
+                "port=\"other\"), sockets (a socket's role and owner were not remembered), lives (a "
+                "young socket's transitions were sent one by one instead of in one record)",
+                ["map"], {("counters",): k.counts_full, ("sockets",): k.socks_full, ("lives",): k.lives_full})
         decode = getattr(self._source, "decode_errors", None)
         yield self._counter("tcpstate_decode_errors",
                             "Ring buffer records the daemon could not decode and skipped", [],

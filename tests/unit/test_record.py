@@ -70,17 +70,55 @@ def c_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, i
 
 
 def test_header_and_mirror_name_the_same_fields_in_the_same_order():
-    assert header_fields() == list(record.NAMES)
+    assert header_fields() == list(record.RECORD_NAMES)
+    assert record.RECORD_NAMES[:len(record.NAMES)] == record.NAMES
 
 
 def test_field_offsets_and_sizes_agree(c_layout):
-    for i, (name, code) in enumerate(record.FIELDS):
-        prefix = "<" + "".join(c for _, c in record.FIELDS[:i])
+    for i, (name, code) in enumerate(record.RECORD_FIELDS):
+        prefix = "<" + "".join(c for _, c in record.RECORD_FIELDS[:i])
         assert (name, struct.calcsize(prefix), struct.calcsize("<" + code)) == (name, *c_layout[name])
 
 
 def test_record_size_agrees(c_layout):
-    assert c_layout["sizeof"][1] == record.SIZE == struct.calcsize(record.FORMAT)
+    assert c_layout["sizeof"][1] == record.RECORD_SIZE == struct.calcsize(record.RECORD_FORMAT)
+
+
+def test_more_matches_the_header():
+    text = HEADER.read_text()
+    assert re.search(r"#define TCPSTATE_MORE\s+(\d+)", text).group(1) == str(record.MORE)
+
+
+def _life(event, n: int = 5, sk: int = 0x40):
+    """An active opener's life: SYN_SENT (unbound) ... CLOSE, a reset on the way when asked."""
+    path = [(TcpState.CLOSE, TcpState.SYN_SENT), (TcpState.SYN_SENT, TcpState.ESTABLISHED),
+            (TcpState.ESTABLISHED, TcpState.FIN_WAIT1), (TcpState.FIN_WAIT1, TcpState.FIN_WAIT2),
+            (TcpState.FIN_WAIT2, TcpState.CLOSE)][:n]
+    return [event(sk, old, new, ts_ns=1000 * (i + 1), sport=40000, dport=20001, service_port=20001,
+                  role=Role.ACTIVE, pid=7, comm=b"client") for i, (old, new) in enumerate(path)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_a_packed_life_gives_back_its_events(event, n):
+    evs = _life(event, n)
+    rec = record.unpack(record.pack(evs))
+    assert rec[record.MORE_AT] == n - 1
+    assert record.events_of(rec) == evs
+
+
+def test_a_reset_in_a_life_keeps_the_state_and_reports_its_own(event):
+    evs = _life(event, 3)
+    evs.append(event(0x40, 0, 0, kind=EventKind.RESET_RX, ts_ns=3500, sport=40000, dport=20001,
+                     service_port=20001, role=Role.ACTIVE, pid=7, comm=b"client"))
+    evs.append(event(0x40, TcpState.FIN_WAIT1, TcpState.CLOSE, ts_ns=3600, sport=40000, dport=20001,
+                     service_port=20001, role=Role.ACTIVE, pid=7, comm=b"client"))
+    assert record.events_of(record.unpack(record.pack(evs))) == evs
+
+
+def test_a_record_holds_at_most_one_plus_more_events(event):
+    evs = _life(event, 5) * 2
+    with pytest.raises(ValueError, match="1 to 8"):
+        record.pack(evs[:record.MORE + 2])
 
 
 def test_field_indexes_match_field_order():

@@ -5,6 +5,11 @@ An event is a plain tuple in the C field order: tuples come straight out of
 near a microsecond. ``Field`` indexes name the positions for code off that path.
 JSON lines (``watch --json``, ``--record``, replay fixtures) are the stable text
 form of the same record.
+
+The kernel's record is an event plus the transitions that followed it: a young
+socket's whole life travels as one record (``more`` > 0). ``events_of`` gives the
+events such a record stands for, exactly those the program would have sent one by
+one; ``pack`` is the inverse, for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -38,6 +43,19 @@ FORMAT = "<" + "".join(code for _, code in FIELDS)
 SIZE = struct.calcsize(FORMAT)
 NAMES = tuple(name for name, _ in FIELDS)
 
+MORE = 7  # TCPSTATE_MORE
+# The rest of the kernel's record: a life's later transitions.
+TAIL: tuple[tuple[str, str], ...] = (
+    ("more", "B"),
+    ("more_state", f"{MORE}s"),  # kind << 4 | newstate
+    ("more_ts", f"{MORE}Q"),
+)
+RECORD_FIELDS = FIELDS + TAIL
+RECORD_FORMAT = "<" + "".join(code for _, code in RECORD_FIELDS)
+RECORD_SIZE = struct.calcsize(RECORD_FORMAT)
+RECORD_NAMES = tuple(name for name, _ in RECORD_FIELDS)
+_RECORD = struct.Struct(RECORD_FORMAT)
+
 
 class Field:
     """Positions of the fields in an event tuple."""
@@ -53,6 +71,47 @@ _KINDS_BY_NAME = {v: k for k, v in _KIND_NAMES.items()}
 _ROLES_BY_NAME = {v: k for k, v in ROLE_NAMES.items()}
 
 Event = tuple  # the tuple described by FIELDS
+Record = tuple  # the tuple described by RECORD_FIELDS: an Event, then more, more_state, *more_ts
+MORE_AT, MORE_STATE_AT, MORE_TS_AT = len(FIELDS), len(FIELDS) + 1, len(FIELDS) + 2
+_STATE_KIND = EventKind.STATE.value
+
+
+def events_of(rec: Record) -> list[Event]:
+    """The events a record stands for, in order. A later transition's old state is
+    the state before it; a reset keeps the state (oldstate = newstate = the state
+    its tracepoint reported, 0 for "whatever it is in now")."""
+    head = rec[:MORE_AT]
+    out = [head]
+    more = rec[MORE_AT]
+    if not more:
+        return out
+    codes = rec[MORE_STATE_AT]
+    state = head[Field.NEW]
+    for i in range(more):
+        kind, new = codes[i] >> 4, codes[i] & 15
+        old = new
+        if kind == _STATE_KIND:
+            old, state = state, new
+        out.append((rec[MORE_TS_AT + i], *head[1:Field.KIND], kind, old, new, *head[Field.ROLE:]))
+    return out
+
+
+def pack(events: list[Event]) -> bytes:
+    """The kernel's record for a socket's events in order (at most 1 + MORE): the
+    first event's header with the last one's owner and ports, as the program keeps them."""
+    if not 1 <= len(events) <= 1 + MORE:
+        raise ValueError(f"a record holds 1 to {1 + MORE} events, got {len(events)}")
+    first, last = events[0], events[-1]
+    head = (*first[:Field.PID], last[Field.PID], last[Field.SPORT], last[Field.DPORT],
+            *first[Field.SERVICE_PORT:Field.FLAGS], last[Field.FLAGS], last[Field.COMM])
+    later = events[1:]
+    codes = bytes(ev[Field.KIND] << 4 | ev[Field.NEW] for ev in later).ljust(MORE, b"\0")
+    stamps = [ev[Field.TS] for ev in later] + [0] * (MORE - len(later))
+    return _RECORD.pack(*head, len(later), codes, *stamps)
+
+
+def unpack(data: bytes) -> Record:
+    return _RECORD.unpack(data)
 
 
 def format_addr(family: int, raw: bytes) -> str:

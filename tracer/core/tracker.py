@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from tracer.core.detector import WATCHED, Report, Rules, Stuck
 from tracer.core.lifecycle import Lifecycle, RawLife, from_raw
-from tracer.core.record import Event
+from tracer.core.record import MORE_AT, MORE_STATE_AT, MORE_TS_AT, Event, Record, events_of
 from tracer.core.states import (
     ACTIVE_CLOSE_STATES,
     F_ROLE_INFERRED,
@@ -156,6 +156,25 @@ class KernelSocketInfo:
     comm: str = ""
 
 
+def _plan(first_old: int, first_new: int, codes: bytes, more: int) -> tuple | None:
+    """How a record's life goes, when it is one the short path takes: opened (from
+    CLOSE or a listener), no resets, CLOSE once and last. (states before each later
+    transition, index of the one that completes connect() or -1, whether the close
+    is an orderly active one that leaves a TIME_WAIT, whether connect() failed)."""
+    if first_old not in _LISTEN_OR_CLOSE or first_new == _CLOSE:
+        return None
+    states = [first_new]
+    for code in codes[:more]:
+        if code >> 4 or code == _CLOSE and len(states) < more or not code:
+            return None
+        states.append(code)
+    if states[-1] != _CLOSE:
+        return None
+    visited = tuple(states[:-1])
+    connect_at = next((i for i in range(1, len(visited)) if visited[i - 1] == _SYN_SENT), -1)
+    return visited, connect_at, visited[-1] in _ACTIVE_CLOSE, visited[-1] == _SYN_SENT
+
+
 def _entry_from_kernel(k: KernelSocketInfo, since_ns: int, role: int, port: int) -> SocketEntry:
     saddr, sport, daddr, dport = k.conn
     comm = k.comm.encode()[:15].ljust(16, b"\0")
@@ -255,6 +274,8 @@ class Tracker:
         # keep up costs timeline rows, not memory.
         self.max_pending_lifecycles = min(4 * max_sockets, PENDING_LIVES_MAX)
         self.lifecycles_dropped = 0
+        # (first old state, first new state, later states) -> _plan(): lives follow few paths.
+        self._plans: dict[tuple[int, int, bytes], tuple | None] = {}
 
     # -- writer side -------------------------------------------------------------
 
@@ -368,6 +389,79 @@ class Tracker:
             self.events += len(batch)
             for ev in batch:
                 apply(ev)
+
+    def apply_records(self, batch: list[Record]) -> None:
+        """Applies the kernel's records (tracer/core/record.py): a record of one event
+        as that event, a young socket's whole life at once."""
+        apply, life = self._apply, self._apply_life
+        n = 0
+        with self.lock:
+            for rec in batch:
+                if rec[MORE_AT]:
+                    n += life(rec)
+                else:
+                    n += 1
+                    apply(rec[:MORE_AT])
+            self.events += n
+
+    def _apply_life(self, rec: Record) -> int:
+        """The events of one record, with the effect of applying them one by one. A
+        life born and ended in the record (most of them, at high churn) takes a short
+        path: its socket never enters the table. Returns the events applied."""
+        more = rec[MORE_AT]
+        plan = self._plans.get((rec[10], rec[11], rec[MORE_STATE_AT]), False)
+        if plan is False:
+            plan = self._plans[(rec[10], rec[11], rec[MORE_STATE_AT])] = _plan(rec[10], rec[11], rec[MORE_STATE_AT], more)
+        sockets = self.sockets
+        if (plan is None or rec[9] != _STATE or rec[12] not in _CONNECTION_ROLES or rec[1] in sockets
+                or len(sockets) >= self.max_sockets
+                or self._baseline_by_conn and (rec[2], rec[5], rec[3], rec[6]) in self._baseline_by_conn):
+            for ev in events_of(rec):
+                self._apply(ev)
+            return 1 + more
+        visited, connect_at, to_timewait, failed = plan
+        stamps = rec[MORE_TS_AT:MORE_TS_AT + more]
+        floors = self._floors
+        before = rec[0]
+        for old, ts in zip(visited, stamps):
+            if ts - before > floors[old]:  # stuck on the way: the long path counts it
+                for ev in events_of(rec):
+                    self._apply(ev)
+                return 1 + more
+            before = ts
+        entry = SocketEntry(rec[:MORE_AT])
+        entry.uid = self.next_uid
+        self.next_uid += 1
+        svc = rec[7]
+        counts, durations = self.counts, self.state_durations
+        history = entry.history
+        before = rec[0]
+        for i, old in enumerate(visited):
+            ts = stamps[i]
+            spent = ts - before
+            key = (svc, old)
+            h = durations.get(key)
+            if h is None:
+                h = durations[key] = Histogram()
+                counts.setdefault(key, 0)
+            h.counts[bisect_left(_BOUNDS_NS, spent)] += 1
+            h.sum_ns += spent
+            if i:
+                history += (old, before)
+            if i == connect_at and self._timewait_by_conn:
+                self._connected(entry.conn)
+            before = ts
+        entry.state = _CLOSE
+        entry.since_ns = before
+        if to_timewait:
+            self._enter_timewait(entry)
+        else:
+            self._end(entry, before)
+        if failed:
+            key = (svc, "timeout")
+            self.connect_failures[key] = self.connect_failures.get(key, 0) + 1
+        self._observe(self.connection_durations, (svc, rec[12]), before - rec[0])
+        return 1 + more
 
     def expire(self, now_ns: int) -> None:
         """Ends the TIME_WAITs whose time is up."""

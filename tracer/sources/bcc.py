@@ -7,7 +7,10 @@ This is the only module that imports bcc, and it does so when a source is made, 
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 import logging
+import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +25,7 @@ BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
 PROGRAM = BPF_DIR / "tcpstates.bpf.c"
 
 # bpf/tcpstates.h TCPSTATE_STAT_*
-STAT_EVENTS, STAT_RINGBUF_FULL, STAT_COUNTS_FULL, STAT_SOCKS_FULL = range(4)
+STAT_EVENTS, STAT_RINGBUF_FULL, STAT_COUNTS_FULL, STAT_SOCKS_FULL, STAT_LIVES_FULL = range(5)
 
 # struct bpf_prog_info (include/uapi/linux/bpf.h): where recursion_misses sits, and
 # the size asked for; tests/unit/test_bcc_layout.py checks both against the header.
@@ -95,13 +98,25 @@ class KernelStats:
     ringbuf_full: int  # records lost: ring buffer full
     counts_full: int  # transitions counted without their port: counter map full
     socks_full: int  # sockets whose role/owner could not be remembered
+    lives_full: int  # young sockets not assembled (their transitions went one by one)
     counters: int  # entries in the counter map now (the socket map is too large to count at scrape)
     counters_capacity: int
     socks_capacity: int
+    lives_capacity: int
 
 
 class BccSource:
-    def __init__(self, ringbuf_pages: int = 16384, max_socks: int = 524288, max_counts: int = 16384) -> None:
+    # A life still open after this long is taken out of the kernel's map, so that the
+    # daemon sees the socket; a check for such lives runs every SWEEP_NS.
+    YOUNG_NS = 300_000_000
+    SWEEP_NS = 100_000_000
+    # Taken only once records reserved this much after its birth have been read: a
+    # socket at the same address before it must not follow it into the tracker.
+    ORDER_GUARD_NS = 100_000_000
+    LIFE_BATCH = 1024  # entries read from the map per system call
+
+    def __init__(self, ringbuf_pages: int = 16384, max_socks: int = 524288, max_counts: int = 16384,
+                 max_lives: int = 65536) -> None:
         try:
             import bcc  # noqa: PLC0415 (deliberately lazy)
         except ImportError:
@@ -114,6 +129,7 @@ class BccSource:
             f"-DTCPSTATE_RINGBUF_PAGES={ringbuf_pages}",
             f"-DTCPSTATE_MAX_SOCKS={max_socks}",
             f"-DTCPSTATE_MAX_COUNTS={max_counts}",
+            f"-DTCPSTATE_MAX_LIVES={max_lives}",
         ]
         self.bcc_version = str(getattr(bcc, "__version__", "unknown"))
         try:
@@ -122,7 +138,7 @@ class BccSource:
             raise SourceError(f"loading {PROGRAM.name} failed: {exc} (run `tcpstate-tracer check`)") from None
         try:
             events = self._bpf[b"events"]
-            self._ring = RingBufferReader(events.map_fd, events.max_entries, record.FORMAT)
+            self._ring = RingBufferReader(events.map_fd, events.max_entries, record.RECORD_FORMAT)
             self._ring_size = events.max_entries
         except (OSError, ValueError) as exc:
             self._bpf.cleanup()
@@ -132,18 +148,83 @@ class BccSource:
         self._overflow = self._bpf[b"overflow_counts"]
         self._stats = self._bpf[b"stats"]
         self._socks = self._bpf[b"socks"]
+        self._lives = self._bpf[b"lives"]
+        self._lib = bcc.libbcc.lib
+        self._keys = (ct.c_uint64 * self.LIFE_BATCH)()
+        self._values = ct.create_string_buffer(record.RECORD_SIZE * self.LIFE_BATCH)
+        self._taken = ct.create_string_buffer(record.RECORD_SIZE)
+        self._unpack_all = struct.Struct(record.RECORD_FORMAT).iter_unpack
+        self._next_sweep_ns = 0
+        self._newest_read_ns = 0  # the latest first timestamp of a record read
+        self.lives_taken = 0
         log.info("attached to sock:inet_sock_set_state, tcp:tcp_receive_reset, tcp:tcp_send_reset "
                  "(ring buffer %d MiB)", events.max_entries >> 20)
 
     # How long a batch may wait in the ring buffer: the program sends no wakeups.
     POLL_INTERVAL_S = 0.02
 
-    def read(self, timeout_s: float) -> list[Event]:
+    def read_records(self, timeout_s: float) -> list[record.Record]:
+        """The kernel's records (tracer/core/record.py), oldest first."""
         batch = self._ring.read()
         if not batch:
             self._ring.wait(min(timeout_s, self.POLL_INTERVAL_S))
             batch = self._ring.read()
+        if batch:
+            self._newest_read_ns = max(self._newest_read_ns, batch[-1][0])
         return batch
+
+    def sweep(self) -> list[record.Record]:
+        """Every SWEEP_NS, the lives open for longer than YOUNG_NS, taken from the map:
+        to be applied after the records read so far."""
+        now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC
+        if now < self._next_sweep_ns:
+            return []
+        self._next_sweep_ns = now + self.SWEEP_NS
+        # With nothing waiting in the ring buffer, every record reserved before now has been read.
+        newest = now if not self._ring.pending_bytes() else self._newest_read_ns
+        return self.take_lives(min(now - self.YOUNG_NS, newest - self.ORDER_GUARD_NS))
+
+    def read(self, timeout_s: float) -> list[Event]:
+        """Events one by one (each record's in order, the batch in time order), the
+        young lives that grew old included."""
+        recs = self.read_records(timeout_s)
+        recs += self.sweep()
+        out = [ev for rec in recs for ev in record.events_of(rec)]
+        out.sort(key=lambda ev: ev[0])
+        return out
+
+    def take_lives(self, born_before_ns: int) -> list[record.Record]:
+        """Takes the lives born before ``born_before_ns`` out of the kernel's map: from
+        now on the program sends those sockets' transitions one by one. Each is taken
+        with one lookup-and-delete, the program's own way of owning an entry, so a
+        transition is either in the life taken or in a record of its own."""
+        lib, fd = self._lib, self._lives.map_fd
+        keys, values, size = self._keys, self._values, record.RECORD_SIZE
+        token, count = ct.c_uint32(0), ct.c_uint32(0)
+        old: list[int] = []
+        first = True
+        while True:
+            count.value = self.LIFE_BATCH
+            res = lib.bpf_lookup_batch(fd, None if first else ct.byref(token), ct.byref(token),
+                                       keys, values, ct.byref(count))
+            err = ct.get_errno()
+            if res and err != errno.ENOENT:
+                raise SourceError(f"reading the young-life map failed: {errno.errorcode.get(err, err)}")
+            n = count.value
+            if n:
+                for i, rec in enumerate(self._unpack_all(values.raw[:n * size])):
+                    if rec[0] < born_before_ns:
+                        old.append(keys[i])
+            if res or not n:
+                break
+            first = False
+        taken = []
+        buf = self._taken
+        for sk in old:
+            if lib.bpf_lookup_and_delete(fd, ct.byref(ct.c_uint64(sk)), buf) == 0:
+                taken.append(record.unpack(buf.raw))
+        self.lives_taken += len(taken)
+        return taken
 
     def transition_counts(self) -> dict[CountKey, int]:
         counts: dict[CountKey, int] = {}
@@ -169,9 +250,11 @@ class BccSource:
             ringbuf_full=self._stat(STAT_RINGBUF_FULL),
             counts_full=self._stat(STAT_COUNTS_FULL),
             socks_full=self._stat(STAT_SOCKS_FULL),
+            lives_full=self._stat(STAT_LIVES_FULL),
             counters=sum(1 for _ in self._counts.keys()),
             counters_capacity=self._counts.max_entries,
             socks_capacity=self._socks.max_entries,
+            lives_capacity=self._lives.max_entries,
         )
 
     def backlog(self) -> float:

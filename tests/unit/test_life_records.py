@@ -1,0 +1,170 @@
+"""A young socket's life in one kernel record (bpf/tcpstates.bpf.c): the tracker's
+short path for it must leave exactly what its events applied one by one leave."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.conftest import make_event
+from tracer.core import record
+from tracer.core.detector import Rules
+from tracer.core.states import EventKind, Role, TcpState as S
+from tracer.core.tracker import Tracker
+
+TW_NS = 60 * 10**9
+CLOSE = S.CLOSE.value
+BIRTHS = {(S.CLOSE.value, S.SYN_SENT.value), (S.LISTEN.value, S.SYN_RECV.value)}
+
+
+def assemble(events: list, take_every: int = 0, seed: int = 1) -> list[bytes]:
+    """The records the kernel program sends for these events, in its order: a socket
+    seen opening is held until it closes (or its record is full, or, every
+    ``take_every`` events at random, user space takes it); any other transition
+    goes alone. What is still held at the end is taken."""
+    rng = random.Random(seed)
+    lives: dict[int, list] = {}
+    out: list[bytes] = []
+    for ev in events:
+        sk, kind, old, new = ev[1], ev[9], ev[10], ev[11]
+        if take_every and lives and rng.randrange(take_every) == 0:
+            out.append(record.pack(lives.pop(rng.choice(sorted(lives)))))
+        if kind == EventKind.STATE and ((old, new) in BIRTHS or new == S.LISTEN):
+            lives[sk] = [ev]
+        elif sk in lives:
+            if len(lives[sk]) == 1 + record.MORE:
+                out.append(record.pack(lives.pop(sk)))
+                out.append(record.pack([ev]))
+                continue
+            lives[sk].append(ev)
+            if kind == EventKind.STATE and new == CLOSE:
+                out.append(record.pack(lives.pop(sk)))
+        else:
+            out.append(record.pack([ev]))
+    out += [record.pack(life) for life in lives.values()]
+    return out
+
+
+def connection(i: int, t0: int, *, client_closes: bool = True, reset: bool = False,
+               refused: bool = False, step: int = 1000) -> list:
+    """Both sockets of loopback connection i, in time order."""
+    c, s = 0x1000 + 2 * i, 0x1001 + 2 * i
+    cport = 40000 + i
+    cli = dict(sport=cport, dport=20001, service_port=20001, role=Role.ACTIVE, pid=10, comm=b"client")
+    srv = dict(sport=20001, dport=cport, service_port=20001, role=Role.PASSIVE, pid=20, comm=b"server")
+    t = iter(range(t0, t0 + 100 * step, step))
+    if refused:
+        return [make_event(c, S.CLOSE, S.SYN_SENT, ts_ns=next(t), **cli),
+                make_event(c, 0, 0, kind=EventKind.RESET_RX, ts_ns=next(t), **cli),
+                make_event(c, S.SYN_SENT, S.CLOSE, ts_ns=next(t), **cli)]
+    evs = [make_event(c, S.CLOSE, S.SYN_SENT, ts_ns=next(t), **cli),
+           make_event(s, S.LISTEN, S.SYN_RECV, ts_ns=next(t), **srv),
+           make_event(c, S.SYN_SENT, S.ESTABLISHED, ts_ns=next(t), **cli),
+           make_event(s, S.SYN_RECV, S.ESTABLISHED, ts_ns=next(t), **srv)]
+    if reset:
+        return evs + [make_event(s, S.ESTABLISHED, S.CLOSE, ts_ns=next(t), **srv),
+                      make_event(c, 0, 0, kind=EventKind.RESET_RX, ts_ns=next(t), **cli),
+                      make_event(c, S.ESTABLISHED, S.CLOSE, ts_ns=next(t), **cli)]
+    a, b, ak, bk = (c, s, cli, srv) if client_closes else (s, c, srv, cli)
+    return evs + [make_event(a, S.ESTABLISHED, S.FIN_WAIT1, ts_ns=next(t), **ak),
+                  make_event(b, S.ESTABLISHED, S.CLOSE_WAIT, ts_ns=next(t), **bk),
+                  make_event(a, S.FIN_WAIT1, S.FIN_WAIT2, ts_ns=next(t), **ak),
+                  make_event(b, S.CLOSE_WAIT, S.LAST_ACK, ts_ns=next(t), **bk),
+                  make_event(a, S.FIN_WAIT2, S.CLOSE, ts_ns=next(t), **ak),
+                  make_event(b, S.LAST_ACK, S.CLOSE, ts_ns=next(t), **bk)]
+
+
+def workload(n: int = 60, seed: int = 7, step: int = 1000) -> list:
+    """Connections of every kind, interleaved; one port reused (tcp_tw_reuse)."""
+    rng = random.Random(seed)
+    listener = make_event(0x1, S.CLOSE, S.LISTEN, ts_ns=1, sport=20001, service_port=20001,
+                          role=Role.LISTENER, pid=20, comm=b"server")
+    evs = []
+    for i in range(n):
+        kind = rng.choice(["client", "server", "reset", "refused"])
+        conn = connection(i % (n // 2), 10 + i * 3 * step, client_closes=kind != "server",
+                          reset=kind == "reset", refused=kind == "refused", step=step)
+        evs += [(ev[0], ev[1] + (i << 20), *ev[2:]) for ev in conn]
+    evs.sort(key=lambda ev: ev[0])
+    return [listener] + evs
+
+
+def state(tracker: Tracker) -> dict:
+    tracker.expire(10**13)
+    return {
+        "counts": tracker.counts,
+        "durations": {k: (h.counts, h.sum_ns) for k, h in tracker.state_durations.items()},
+        "connections": {k: (h.counts, h.sum_ns) for k, h in tracker.connection_durations.items()},
+        "failures": tracker.connect_failures,
+        "timewait": tracker.timewait_entered_by_port,
+        "stuck": tracker.stuck_total,
+        "sockets": sorted(tracker.sockets),
+        "stats": tracker.stats(),
+        "lives": tracker.drain_raw(),
+    }
+
+
+def both(events: list, rules: Rules | None = None, take_every: int = 0) -> tuple[dict, dict, int]:
+    records = [record.unpack(r) for r in assemble(events, take_every)]
+    one_by_one = Tracker(TW_NS, 10_000, rules, keep_lifecycles=True)
+    one_by_one.apply_batch([ev for rec in records for ev in record.events_of(rec)])
+    whole = Tracker(TW_NS, 10_000, rules, keep_lifecycles=True)
+    whole.apply_records(records)
+    return state(one_by_one), state(whole), sum(1 for r in records if r[record.MORE_AT])
+
+
+@pytest.mark.parametrize("take_every", [0, 3, 10])
+def test_lives_in_one_record_leave_what_their_events_leave(take_every):
+    one_by_one, whole, lives = both(workload(), take_every=take_every)
+    assert lives > 20
+    assert whole == one_by_one
+    assert whole["stats"].events == len(workload())
+
+
+def test_a_life_stuck_on_the_way_is_counted_as_stuck():
+    # Sockets that linger in CLOSE_WAIT (5 ms here) past a 1 ms rule, inside a record.
+    rules = Rules.build(30, {"CLOSE_WAIT": 0.001})
+    one_by_one, whole, _ = both(workload(step=5_000_000), rules)
+    assert whole["stuck"] and whole == one_by_one
+
+
+def test_a_life_whose_socket_the_table_holds_takes_the_long_path():
+    evs = connection(0, 100)
+    first = [ev for ev in evs if ev[0] <= 300]  # both sockets opened, seen one by one
+    later = assemble([ev for ev in evs if ev[0] > 300])
+    tracker = Tracker(TW_NS, 100, keep_lifecycles=True)
+    tracker.apply_batch(first)
+    tracker.apply_records([record.unpack(r) for r in later])
+    assert tracker.sockets == {} and tracker.timewait_now == 1
+
+
+def test_a_full_table_evicts_as_the_events_would():
+    one_by_one, whole, _ = both(workload(n=40))
+    small = [Tracker(TW_NS, 3, keep_lifecycles=True) for _ in range(2)]
+    records = [record.unpack(r) for r in assemble(workload(n=40), take_every=4)]
+    small[0].apply_batch([ev for rec in records for ev in record.events_of(rec)])
+    small[1].apply_records(records)
+    assert state(small[0]) == state(small[1])
+
+
+def test_sockets_loaded_at_start_leave_the_short_path_to_everything_else():
+    """A host's sockets from before the start stay in the baseline until an event names
+    them, often for good: only a life of the same connection needs the long path."""
+    from tracer.core.tracker import KernelSocketInfo
+
+    evs = workload(n=40)
+    twin = evs[1]  # the first client, as if the table had been read just after it opened
+    baseline = [KernelSocketInfo((LOOP, 22, LOOP, 50000), record.AF_INET, S.ESTABLISHED.value, 1),
+                KernelSocketInfo((twin[2], twin[5], twin[3], twin[6]), record.AF_INET, S.SYN_SENT.value, 1)]
+    records = [record.unpack(r) for r in assemble(evs)]
+    trackers = [Tracker(TW_NS, 10_000, keep_lifecycles=True) for _ in range(2)]
+    for t in trackers:
+        t.load_baseline(baseline, 0)
+    trackers[0].apply_batch([ev for rec in records for ev in record.events_of(rec)])
+    trackers[1].apply_records(records)
+    assert state(trackers[0]) == state(trackers[1])
+    assert list(trackers[1]._baseline_by_conn) == [baseline[0].conn]  # the twin is named, sshd's waits
+
+
+LOOP = bytes([127, 0, 0, 1]) + bytes(12)
