@@ -1,0 +1,89 @@
+"""Young sockets assembled in the kernel (bpf/tcpstates.bpf.c): a short life arrives
+as one record; a life that grows old is taken out of the map and its socket goes
+on one transition at a time; every transition arrives exactly once either way."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import Counter
+
+import pytest
+from tests.live import traffic
+from tracer.core import record
+from tracer.core.states import TcpState
+
+CLIENT = [("CLOSE", "SYN_SENT"), ("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"),
+          ("FIN_WAIT1", "FIN_WAIT2"), ("FIN_WAIT2", "CLOSE")]
+SERVER = [("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "CLOSE_WAIT"),
+          ("CLOSE_WAIT", "LAST_ACK"), ("LAST_ACK", "CLOSE")]
+
+
+@pytest.fixture(scope="module")
+def source(live_host):
+    from tracer import headers
+    from tracer.sources.bcc import BccSource
+
+    headers.prepare()
+    src = BccSource(ringbuf_pages=1024)
+    yield src
+    src.close()
+
+
+def collect(source, port: int, seconds: float) -> list[tuple]:
+    """The records of this service port read in ``seconds``, the sweeps' included."""
+    out = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        recs = source.read_records(0.05) + source.sweep()
+        out += [r for r in recs if r[record.Field.SERVICE_PORT] == port]
+    return out
+
+
+def path(recs: list[tuple], sk: int) -> list[tuple[str, str]]:
+    return [(TcpState(ev[10]).name, TcpState(ev[11]).name)
+            for r in recs if r[record.Field.SK] == sk for ev in record.events_of(r)]
+
+
+def kernel_transitions(source, port: int) -> int:
+    return sum(n for (p, kind, _old, _new), n in source.transition_counts().items() if p == port and kind == 0)
+
+
+def test_short_lives_arrive_whole_one_record_a_socket(source):
+    port = traffic.quiet_port()
+    before = kernel_transitions(source, port)
+    traffic.client_closed(port, 50)
+    recs = collect(source, port, 0.6)
+    lives = [r for r in recs if r[record.MORE_AT] and r[record.Field.ROLE] != 3]
+    # 50 clients and 50 accepted sockets, each one record of five transitions (the
+    # listener's LISTEN and CLOSE are a record too)
+    assert len(lives) == 100 and {r[record.MORE_AT] for r in lives} == {4}
+    assert Counter(tuple(path([r], r[record.Field.SK])) for r in lives) == {tuple(CLIENT): 50, tuple(SERVER): 50}
+    events = sum(len(record.events_of(r)) for r in recs)
+    assert events == kernel_transitions(source, port) - before  # the listener's two included
+
+
+def test_an_old_life_is_taken_and_its_socket_goes_on_one_transition_at_a_time(source):
+    port = traffic.quiet_port()
+    before = kernel_transitions(source, port)
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(4)
+        client = socket.create_connection(("127.0.0.1", port))
+        server, _ = listener.accept()
+        sk_port = client.getsockname()[1]
+        held = collect(source, port, source.YOUNG_NS / 1e9 + 0.4)
+        taken = [r for r in held if r[record.MORE_AT] or r[record.Field.SPORT] == sk_port]
+        client.close()
+        server.close()
+    closing = collect(source, port, 0.4)
+    recs = held + closing
+    client_sk = next(r[1] for r in recs if r[record.Field.SPORT] == sk_port)
+    # The life so far came out of the map; the close, one record a transition.
+    assert path(taken, client_sk) == CLIENT[:2]
+    assert path(closing, client_sk) == CLIENT[2:]
+    assert all(not r[record.MORE_AT] for r in closing if r[1] == client_sk)
+    assert source.lives_taken >= 3  # client, accepted socket, listener
+    events = sum(len(record.events_of(r)) for r in recs)
+    assert events == kernel_transitions(source, port) - before
