@@ -5,8 +5,10 @@
 Feeds the events of loopback churn (10 transitions a connection, as
 `tcpstate-tracer bench` makes them) through the stages the daemon runs: decoding
 the ring buffer's records, the tracker, the timeline's drain and the SQLite store.
-Prints CPU microseconds per event for each stage: the budget at the machine's
-churn ceiling (~290,000 transitions/s, one core) is about 3 us for all of them.
+Prints CPU microseconds per event for each stage, twice, side by side: with the
+records the kernel program sends (a socket's life in one, at its close) and with
+one record a transition (how the program sent them before). The budget at the
+machine's churn ceiling (~290,000 transitions/s, one core) is about 3 us for all.
 """
 
 from __future__ import annotations
@@ -39,12 +41,12 @@ SERVER = ((S.LISTEN, S.SYN_RECV), (S.SYN_RECV, S.ESTABLISHED), (S.ESTABLISHED, S
 ORDER = (0, 5, 1, 6, 2, 7, 3, 8, 4, 9)  # client and server interleaved as on the wire
 
 
-def ring_bytes(connections: int, port: int, t0: int) -> tuple[bytes, int]:
-    """The records as the ring buffer holds them: an 8-byte header, the record, padding."""
-    pack = struct.Struct(record.FORMAT).pack
-    stride = (_HEADER + record.SIZE + 7) & ~7
-    pad = bytes(stride - _HEADER - record.SIZE)
-    header = struct.pack("<II", record.SIZE, 0)
+def ring_bytes(connections: int, port: int, t0: int, lives: bool) -> tuple[bytes, int, int]:
+    """The records as the ring buffer holds them (an 8-byte header, the record, padding)
+    and how many: a socket's life in one (sent at its close), or one a transition."""
+    stride = (_HEADER + record.RECORD_SIZE + 7) & ~7
+    pad = bytes(stride - _HEADER - record.RECORD_SIZE)
+    header = struct.pack("<II", record.RECORD_SIZE, 0)
     out = []
     for c in range(connections):
         ts = t0 + c * 35_000
@@ -52,11 +54,17 @@ def ring_bytes(connections: int, port: int, t0: int) -> tuple[bytes, int]:
         client_sk, server_sk = 0xFFFF0000_00000000 + 2 * c, 0xFFFF0000_00000001 + 2 * c
         steps = [(client_sk, eport, port, int(Role.ACTIVE), o, n) for o, n in CLIENT]
         steps += [(server_sk, port, eport, int(Role.PASSIVE), o, n) for o, n in SERVER]
+        events = {}
         for i, k in enumerate(ORDER):
             sk, sport, dport, role, old, new = steps[k]
-            out.append(header + pack(ts + i * 3_000, sk, LOOP, LOOP, 4242, sport, dport, port, 2, 0,
-                                     int(old), int(new), role, 0, COMM) + pad)
-    return b"".join(out), stride
+            ev = (ts + i * 3_000, sk, LOOP, LOOP, 4242, sport, dport, port, 2, 0, int(old), int(new), role, 0, COMM)
+            if lives:
+                events.setdefault(sk, []).append(ev)
+                if new == S.CLOSE:
+                    out.append(header + record.pack(events.pop(sk)) + pad)
+            else:
+                out.append(header + record.pack([ev]) + pad)
+    return b"".join(out), stride, len(out)
 
 
 def main() -> int:
@@ -69,17 +77,30 @@ def main() -> int:
     args = p.parse_args()
     if not args.default_gc:
         tune_gc()
-    t0 = time.monotonic_ns()
-    data, stride = ring_bytes(args.connections, 1024, t0)
+    results = {name: run(args, lives) for name, lives in (("a life a record", True), ("a transition a record", False))}
     n = args.connections * 10
-    unpack = struct.Struct("<%dx%s%dx" % (_HEADER, record.FORMAT[1:], stride - _HEADER - record.SIZE)).iter_unpack
+    print(f"{n:,} events ({args.connections:,} connections, {2 * args.connections:,} sockets stored), "
+          "CPU us per event:")
+    names = list(results)
+    print(f"  {'stage':7} " + "".join(f"{name:>24}" for name in names))
+    for stage in ("decode", "apply", "drain", "store", "total"):
+        print(f"  {stage:7} " + "".join(f"{results[name][stage] / n * 1e6:24.2f}" for name in names))
+    print("  events per CPU second: " + "; ".join(f"{name} {n / results[name]['total']:,.0f}" for name in names))
+    return 0
+
+
+def run(args: argparse.Namespace, lives: bool) -> dict[str, float]:
+    t0 = time.monotonic_ns()
+    data, stride, n = ring_bytes(args.connections, 1024, t0, lives)
+    unpack = struct.Struct("<%dx%s%dx" % (_HEADER, record.RECORD_FORMAT[1:],
+                                          stride - _HEADER - record.RECORD_SIZE)).iter_unpack
     tracker = Tracker(60 * 10**9, 1 << 20, keep_lifecycles=True)
     offset = time.time_ns() - t0
     prof = cProfile.Profile() if args.profile else None
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore(Path(tmp) / "bench.db", 86400, 1 << 40)
         cpu = dict.fromkeys(("decode", "apply", "drain", "store"), 0.0)
-        per_flush = 58_000 * 10  # a second of churn at the ceiling between two drains
+        per_flush = 58_000 * (1 if lives else 5)  # a second of churn at the ceiling between two drains
         if prof:
             prof.enable()
         for start in range(0, n, per_flush):
@@ -88,7 +109,7 @@ def main() -> int:
                 c = time.process_time()
                 batch = list(unpack(data[b * stride:min(end, b + args.batch) * stride]))
                 c2 = time.process_time()
-                tracker.apply_batch(batch)
+                tracker.apply_records(batch)
                 c3 = time.process_time()
                 cpu["decode"] += c2 - c
                 cpu["apply"] += c3 - c2
@@ -102,14 +123,10 @@ def main() -> int:
             cpu["store"] += c3 - c2
         if prof:
             prof.disable()
-        total = sum(cpu.values())
-        print(f"{n:,} events ({args.connections:,} connections, {2 * args.connections:,} sockets stored)")
-        for stage, s in cpu.items():
-            print(f"  {stage:7} {s / n * 1e6:6.2f} us/event")
-        print(f"  {'total':7} {total / n * 1e6:6.2f} us/event = {n / total:,.0f} events per CPU second")
+        cpu["total"] = sum(cpu.values())
         if prof:
             pstats.Stats(prof).sort_stats("tottime").print_stats(20)
-    return 0
+    return cpu
 
 
 if __name__ == "__main__":

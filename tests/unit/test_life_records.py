@@ -47,13 +47,16 @@ def assemble(events: list, take_every: int = 0, seed: int = 1) -> list[bytes]:
 
 
 def connection(i: int, t0: int, *, client_closes: bool = True, reset: bool = False,
-               refused: bool = False, step: int = 1000) -> list:
+               refused: bool = False, timeout: bool = False, step: int = 1000) -> list:
     """Both sockets of loopback connection i, in time order."""
     c, s = 0x1000 + 2 * i, 0x1001 + 2 * i
     cport = 40000 + i
     cli = dict(sport=cport, dport=20001, service_port=20001, role=Role.ACTIVE, pid=10, comm=b"client")
     srv = dict(sport=20001, dport=cport, service_port=20001, role=Role.PASSIVE, pid=20, comm=b"server")
     t = iter(range(t0, t0 + 100 * step, step))
+    if timeout:  # nobody answered the SYN
+        return [make_event(c, S.CLOSE, S.SYN_SENT, ts_ns=next(t), **cli),
+                make_event(c, S.SYN_SENT, S.CLOSE, ts_ns=next(t), **cli)]
     if refused:
         return [make_event(c, S.CLOSE, S.SYN_SENT, ts_ns=next(t), **cli),
                 make_event(c, 0, 0, kind=EventKind.RESET_RX, ts_ns=next(t), **cli),
@@ -82,9 +85,9 @@ def workload(n: int = 60, seed: int = 7, step: int = 1000) -> list:
                           role=Role.LISTENER, pid=20, comm=b"server")
     evs = []
     for i in range(n):
-        kind = rng.choice(["client", "server", "reset", "refused"])
+        kind = rng.choice(["client", "server", "reset", "refused", "timeout"])
         conn = connection(i % (n // 2), 10 + i * 3 * step, client_closes=kind != "server",
-                          reset=kind == "reset", refused=kind == "refused", step=step)
+                          reset=kind == "reset", refused=kind == "refused", timeout=kind == "timeout", step=step)
         evs += [(ev[0], ev[1] + (i << 20), *ev[2:]) for ev in conn]
     evs.sort(key=lambda ev: ev[0])
     return [listener] + evs
@@ -119,6 +122,7 @@ def test_lives_in_one_record_leave_what_their_events_leave(take_every):
     one_by_one, whole, lives = both(workload(), take_every=take_every)
     assert lives > 20
     assert whole == one_by_one
+    assert {"timeout", "refused"} <= {reason for _, reason in whole["failures"]}
     assert whole["stats"].events == len(workload())
 
 

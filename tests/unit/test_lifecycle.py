@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tracer.core.clock import FakeClock
 from tracer.core.lifecycle import Lifecycle
 from tracer.core.tracker import Tracker
@@ -99,3 +101,15 @@ def test_open_lives_are_written_once_they_are_old_enough():
     assert len(aged) == 3 and all(r[12] is None for r in aged), "the clients, open in TIME_WAIT"
     assert tracker.drain_raw(born_before_ns=last + 1) == [], "and only once"
 
+
+
+@pytest.mark.parametrize("spans", [1, 5, 9])
+def test_an_ended_life_packed_for_the_store_comes_back_the_same(spans):
+    from tracer.core.lifecycle import pack_ended, unpack_ended
+
+    history = tuple(x for i in range(spans) for x in ((i % 11) + 1, 10**15 + i * 1000))
+    raw = (2**40 + 7, 4026531840, 10, bytes(range(16)), 40000, bytes(16), 443, 2, 443, 4242,
+           b"nginx".ljust(16, b"\0"), history, 10**15 + spans * 1000)
+    packed = pack_ended(raw)
+    assert unpack_ended(packed) == raw
+    assert len(packed) < 100 + 9 * spans

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from tracer.core.detector import WATCHED, Report, Rules, Stuck
-from tracer.core.lifecycle import Lifecycle, RawLife, from_raw
+from tracer.core.lifecycle import Lifecycle, RawLife, from_raw, pack_ended, packer, unpack_ended
 from tracer.core.record import MORE_AT, MORE_STATE_AT, MORE_TS_AT, Event, Record, events_of
 from tracer.core.states import (
     ACTIVE_CLOSE_STATES,
@@ -42,7 +42,7 @@ _REARM_SLACK_NS = 1_000_000_000
 # Ended TIME_WAITs the expiry FIFO may hold beyond twice the live ones.
 _FIFO_SLACK = 4096
 # Ended lives waiting for the store at most (Tracker.max_pending_lifecycles).
-PENDING_LIVES_MAX = 131_072
+PENDING_LIVES_MAX = 1 << 20
 
 # Histogram buckets for the time spent in a state and for whole connections:
 # 1-2-5 steps from 10 microseconds to 10 minutes (upper bounds, seconds).
@@ -160,7 +160,8 @@ def _plan(first_old: int, first_new: int, codes: bytes, more: int) -> tuple | No
     """How a record's life goes, when it is one the short path takes: opened (from
     CLOSE or a listener), no resets, CLOSE once and last. (states before each later
     transition, index of the one that completes connect() or -1, whether the close
-    is an orderly active one that leaves a TIME_WAIT, whether connect() failed)."""
+    is an orderly active one that leaves a TIME_WAIT, whether connect() failed, the
+    states as bytes)."""
     if first_old not in _LISTEN_OR_CLOSE or first_new == _CLOSE:
         return None
     states = [first_new]
@@ -172,7 +173,7 @@ def _plan(first_old: int, first_new: int, codes: bytes, more: int) -> tuple | No
         return None
     visited = tuple(states[:-1])
     connect_at = next((i for i in range(1, len(visited)) if visited[i - 1] == _SYN_SENT), -1)
-    return visited, connect_at, visited[-1] in _ACTIVE_CLOSE, visited[-1] == _SYN_SENT
+    return visited, connect_at, visited[-1] in _ACTIVE_CLOSE, visited[-1] == _SYN_SENT, bytes(visited)
 
 
 def _entry_from_kernel(k: KernelSocketInfo, since_ns: int, role: int, port: int) -> SocketEntry:
@@ -224,6 +225,7 @@ class Tracker:
         self._stuck_floor = rules.lowest_ns() if rules else {}
         # The same by state number, with no floor where no rule watches the state.
         self._floors = [self._stuck_floor.get(state, 1 << 62) for state in range(16)]
+        self._min_floor = min(self._floors)
         self.lock = threading.Lock()
         self.sockets: dict[int, SocketEntry] = {}
         # Sockets now modelled in TIME_WAIT, oldest first: all share one length, so a
@@ -268,9 +270,9 @@ class Tracker:
         self.keep_lifecycles = keep_lifecycles  # only when a store drains them
         self.next_uid = 1
         self._changed: dict[int, SocketEntry] = {}
-        self._ended: list[SocketEntry] = []
-        # Ended lives waiting for the store: past this (about two seconds of the churn
-        # ceiling, ~75 MB) the oldest are dropped and counted, so a store that cannot
+        self._ended: list[bytes] = []  # lifecycle.pack_ended
+        # Ended lives waiting for the store, packed: past this (about twenty seconds of
+        # the churn ceiling, ~170 MB) the oldest are dropped and counted, so a store that cannot
         # keep up costs timeline rows, not memory.
         self.max_pending_lifecycles = min(4 * max_sockets, PENDING_LIVES_MAX)
         self.lifecycles_dropped = 0
@@ -369,12 +371,18 @@ class Tracker:
         if not self.keep_lifecycles:
             return
         self._changed.pop(entry.uid, None)
+        if entry.uid:  # 0: never a life of its own
+            e = entry
+            self._pend(pack_ended((e.uid, e.netns, e.family, e.saddr, e.sport, e.daddr, e.dport, e.role, e.port,
+                                   e.pid, e.comm, e.history, end_ns)))
+
+    def _pend(self, packed: bytes) -> None:
         ended = self._ended
         if len(ended) >= self.max_pending_lifecycles:
             dropped = len(ended) // 4  # the store has not kept up: drop the oldest quarter
             del ended[:dropped]
             self.lifecycles_dropped += dropped
-        ended.append(entry)
+        ended.append(packed)
 
     @staticmethod
     def _observe(table: dict, key: tuple, ns: int) -> None:
@@ -419,23 +427,20 @@ class Tracker:
             for ev in events_of(rec):
                 self._apply(ev)
             return 1 + more
-        visited, connect_at, to_timewait, failed = plan
+        visited, connect_at, to_timewait, failed, states = plan
         stamps = rec[MORE_TS_AT:MORE_TS_AT + more]
-        floors = self._floors
-        before = rec[0]
-        for old, ts in zip(visited, stamps):
-            if ts - before > floors[old]:  # stuck on the way: the long path counts it
-                for ev in events_of(rec):
-                    self._apply(ev)
-                return 1 + more
-            before = ts
-        entry = SocketEntry(rec[:MORE_AT])
-        entry.uid = self.next_uid
-        self.next_uid += 1
+        born, died = rec[0], stamps[-1]
+        if died - born > self._min_floor:  # long enough to have been stuck on the way
+            floors, before = self._floors, born
+            for old, ts in zip(visited, stamps):
+                if ts - before > floors[old]:  # the long path counts it
+                    for ev in events_of(rec):
+                        self._apply(ev)
+                    return 1 + more
+                before = ts
         svc = rec[7]
         counts, durations = self.counts, self.state_durations
-        history = entry.history
-        before = rec[0]
+        before = born
         for i, old in enumerate(visited):
             ts = stamps[i]
             spent = ts - before
@@ -446,21 +451,27 @@ class Tracker:
                 counts.setdefault(key, 0)
             h.counts[bisect_left(_BOUNDS_NS, spent)] += 1
             h.sum_ns += spent
-            if i:
-                history += (old, before)
-            if i == connect_at and self._timewait_by_conn:
-                self._connected(entry.conn)
             before = ts
-        entry.state = _CLOSE
-        entry.since_ns = before
-        if to_timewait:
+        uid = self.next_uid
+        self.next_uid += 1
+        if connect_at >= 0 and self._timewait_by_conn:
+            self._connected((rec[2], rec[5], rec[3], rec[6]))
+        if to_timewait:  # the TIME_WAIT model needs the socket
+            entry = SocketEntry(rec[:MORE_AT])
+            entry.uid = uid
+            history = entry.history
+            for i in range(1, more):
+                history += (visited[i], stamps[i - 1])
+            entry.state = _CLOSE
+            entry.since_ns = died
             self._enter_timewait(entry)
-        else:
-            self._end(entry, before)
+        elif self.keep_lifecycles:  # straight to the timeline, packed as _end packs it
+            self._pend(packer(more).pack(uid, 0, rec[8], rec[12], rec[2], rec[3], rec[5], rec[6], svc, rec[4],
+                                         rec[14], died, more, states, born, *stamps[:-1]))
         if failed:
             key = (svc, "timeout")
             self.connect_failures[key] = self.connect_failures.get(key, 0) + 1
-        self._observe(self.connection_durations, (svc, rec[12]), before - rec[0])
+        self._observe(self.connection_durations, (svc, rec[12]), died - born)
         return 1 + more
 
     def expire(self, now_ns: int) -> None:
@@ -799,8 +810,7 @@ class Tracker:
                 changed = take
         out = [(e.uid, e.netns, e.family, e.saddr, e.sport, e.daddr, e.dport, e.role, e.port, e.pid, e.comm,
                 tuple(e.history), None) for e in changed if e.uid]
-        out += [(e.uid, e.netns, e.family, e.saddr, e.sport, e.daddr, e.dport, e.role, e.port, e.pid, e.comm,
-                 tuple(e.history), e.ended_ns) for e in ended if e.uid]
+        out += [unpack_ended(packed) for packed in ended]
         return out
 
     def drain_lifecycles(self, wall: Callable[[int], float]) -> list[Lifecycle]:

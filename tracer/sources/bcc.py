@@ -114,6 +114,8 @@ class BccSource:
     # socket at the same address before it must not follow it into the tracker.
     ORDER_GUARD_NS = 100_000_000
     LIFE_BATCH = 1024  # entries read from the map per system call
+    TAKE_MAX = 8192  # lives taken per sweep at most: a host opening 100,000 at once is taken in steps
+    READ_MAX = 16384  # records decoded at a time: each is a tuple of 24 objects until applied
 
     def __init__(self, ringbuf_pages: int = 16384, max_socks: int = 524288, max_counts: int = 16384,
                  max_lives: int = 65536) -> None:
@@ -138,7 +140,8 @@ class BccSource:
             raise SourceError(f"loading {PROGRAM.name} failed: {exc} (run `tcpstate-tracer check`)") from None
         try:
             events = self._bpf[b"events"]
-            self._ring = RingBufferReader(events.map_fd, events.max_entries, record.RECORD_FORMAT)
+            self._ring = RingBufferReader(events.map_fd, events.max_entries, record.RECORD_FORMAT,
+                                          max_batch=self.READ_MAX)
             self._ring_size = events.max_entries
         except (OSError, ValueError) as exc:
             self._bpf.cleanup()
@@ -215,12 +218,12 @@ class BccSource:
                 for i, rec in enumerate(self._unpack_all(values.raw[:n * size])):
                     if rec[0] < born_before_ns:
                         old.append(keys[i])
-            if res or not n:
+            if res or not n or len(old) >= self.TAKE_MAX:
                 break
             first = False
         taken = []
         buf = self._taken
-        for sk in old:
+        for sk in old[:self.TAKE_MAX]:
             if lib.bpf_lookup_and_delete(fd, ct.byref(ct.c_uint64(sk)), buf) == 0:
                 taken.append(record.unpack(buf.raw))
         self.lives_taken += len(taken)
