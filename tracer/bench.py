@@ -78,6 +78,9 @@ class Soak:
     connections: int
     rss_mb: list[float] = field(default_factory=list)  # one sample a load interval
     lost: int = 0
+    # The timeline under sustained churn: sockets written, and dropped while waiting for the store.
+    timeline_written: int = 0
+    timeline_dropped: int = 0
 
 
 # -- processes -----------------------------------------------------------------
@@ -445,6 +448,10 @@ class Bench:
                 self.log(f"  soak: {result.connections:,} connections, RSS {result.rss_mb[-1]:.0f} MB")
             after = d.settle()
             result.lost = _sum(after, "tcpstate_events_lost_total") - _sum(before, "tcpstate_events_lost_total")
+            result.timeline_written = int(_sum(after, "tcpstate_timeline_records_written_total")
+                                          - _sum(before, "tcpstate_timeline_records_written_total"))
+            result.timeline_dropped = int(_sum(after, 'tcpstate_timeline_records_lost_total{reason="dropped"}')
+                                          - _sum(before, 'tcpstate_timeline_records_lost_total{reason="dropped"}'))
         finally:
             d.stop()
         return result
@@ -572,7 +579,8 @@ def main(seconds: float, rounds: int, threads: int, compare: bool, hold: int, so
               f"{held.scrape_s:.2f} s; a daemon started with them open was ready in {held.ready_with_sockets_s:.2f} s")
     if soaked:
         print(f"\nsoak: {soaked.connections:,} connections in {soaked.seconds:g} s; daemon RSS every interval (MB): "
-              + " ".join(f"{v:.0f}" for v in soaked.rss_mb) + f"; {soaked.lost:,} events lost")
+              + " ".join(f"{v:.0f}" for v in soaked.rss_mb) + f"; {soaked.lost:,} events lost; timeline: "
+              f"{soaked.timeline_written:,} lives written, {soaked.timeline_dropped:,} dropped waiting for the store")
     result = targets(runs, held, soaked)
     result.checks += failures
     print("\ntargets:")
