@@ -67,7 +67,8 @@ struct tcpstate_count_key {
 #define TCPSTATE_STAT_COUNTS_FULL   2 /* counter map full: counted in overflow_counts */
 #define TCPSTATE_STAT_SOCKS_FULL    3 /* socket map full: role/owner not remembered */
 #define TCPSTATE_STAT_LIVES_FULL    4 /* young-life map full: the socket's transitions sent one by one */
-#define TCPSTATE_STAT_NSLOTS        5
+#define TCPSTATE_STAT_LIVES_STALE   5 /* a life found open where a new socket was born */
+#define TCPSTATE_STAT_NSLOTS        6
 
 /* overflow_counts index: kind * 256 + oldstate * 16 + newstate */
 #define TCPSTATE_OVERFLOW_SLOTS (3 * 256)

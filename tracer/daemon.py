@@ -89,12 +89,12 @@ class Pipeline:
                 if batch:
                     self.lag_s = max(0, now - sent_ns(batch[0])) / 1e9
                     apply(batch)
+                else:
+                    self.lag_s = 0.0
                 if sweep is not None:
                     taken = sweep()
                     if taken:
                         apply(taken)
-                else:
-                    self.lag_s = 0.0
                 tracker.expire(now)
                 self._heartbeat_ns = now
                 self._cycles += 1

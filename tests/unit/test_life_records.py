@@ -172,3 +172,22 @@ def test_sockets_loaded_at_start_leave_the_short_path_to_everything_else():
 
 
 LOOP = bytes([127, 0, 0, 1]) + bytes(12)
+
+
+def test_a_socket_born_at_the_address_of_an_unfinished_one_ends_it():
+    """The kernel may free a socket without reporting its end (seen: a client in
+    FIN_WAIT1); the program then sends its life open, and the next socket at that
+    address, born, tells the table the first one is gone."""
+    first = connection(0, 100)
+    client_sk = first[0][1]
+    unfinished = [ev for ev in first if ev[1] == client_sk][:3]  # up to FIN_WAIT1
+    again = [ev for ev in connection(0, 10_000) if ev[1] == client_sk]
+    tracker = Tracker(TW_NS, 100, keep_lifecycles=True)
+    tracker.apply_records([record.unpack(record.pack(unfinished)), record.unpack(record.pack(again))])
+    assert tracker.stats().live_removed == 1
+    assert tracker.sockets == {} and tracker.timewait_now == 1
+    assert tracker.counts[(20001, S.FIN_WAIT1.value)] == 0
+    lives = tracker.drain_raw()
+    ended = [life for life in lives if life[-1] is not None]
+    assert [life[11][0::2] for life in ended] == [(S.SYN_SENT, S.ESTABLISHED, S.FIN_WAIT1)]
+    assert ended[0][-1] == again[0][0]  # ended when the next socket was born

@@ -297,6 +297,11 @@ class Tracker:
             return -1
         counts = self.counts
         entry = self.sockets.get(sk)
+        if entry is not None and ev_old in _LISTEN_OR_CLOSE and new != _CLOSE:
+            # A socket born at the address of one the table holds: the kernel freed
+            # that one without reporting its end.
+            self._vanished(entry, ts)
+            entry = None
         if entry is None and self._baseline_by_conn:
             entry = self._adopt(sk, (saddr, sport, daddr, dport))
         if entry is None:
@@ -359,6 +364,15 @@ class Tracker:
             if self.keep_lifecycles:
                 self._changed[entry.uid] = entry
         return spent
+
+    def _vanished(self, entry: SocketEntry, now_ns: int) -> None:
+        """Ends a tracked socket the kernel no longer has (counted as gone)."""
+        del self.sockets[entry.sk]
+        self.counts[(entry.port, entry.state)] -= 1
+        if self._baseline_by_conn.get(entry.conn) is entry:
+            del self._baseline_by_conn[entry.conn]
+        self.live_removed += 1
+        self._end(entry, now_ns)
 
     def _take_uid(self) -> int:
         uid = self.next_uid
@@ -715,14 +729,10 @@ class Tracker:
             if k is not None and k.state == entry.state:
                 entry.netns = k.netns
                 continue
-            counts[(entry.port, entry.state)] -= 1
             if k is None:
-                del self.sockets[entry.sk]
-                if self._baseline_by_conn.get(entry.conn) is entry:
-                    del self._baseline_by_conn[entry.conn]
-                self.live_removed += 1
-                self._end(entry, dumped_at_ns)
+                self._vanished(entry, dumped_at_ns)
             else:
+                counts[(entry.port, entry.state)] -= 1
                 entry.state = k.state
                 entry.since_ns = dumped_at_ns
                 entry.history += (k.state, dumped_at_ns)
