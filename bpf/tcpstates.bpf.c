@@ -270,31 +270,48 @@ static __always_inline int append(u64 sk, struct sockinfo *si, u8 kind, u8 newst
 
 	if (!p)
 		return 0;
-	__builtin_memcpy(&life, p, sizeof(life));
-	if (lives.delete(&sk))
-		return 0; /* user space took it since the lookup */
-	u32 i = life.more;
-	if (i >= TCPSTATE_MORE) {
-		emit(&life); /* full: what there is goes out, still open */
-		return 0;
+	u32 i = p->more;
+	if (i >= TCPSTATE_MORE || (kind == TCPSTATE_KIND_STATE && newstate == ST_CLOSE)) {
+		/* The life leaves the map: whoever deletes it owns it. */
+		__builtin_memcpy(&life, p, sizeof(life));
+		if (lives.delete(&sk))
+			return 0; /* user space took it since the lookup */
+		if (i >= TCPSTATE_MORE) {
+			emit(&life); /* full: what there is goes out, still open */
+			return 0;
+		}
+		u64 now = bpf_ktime_get_ns();
+#pragma unroll
+		for (int j = 0; j < TCPSTATE_MORE; j++) {
+			if (j == i) { /* constant offsets: the verifier refuses a variable one on the stack */
+				life.more_state[j] = (kind << 4) | newstate;
+				life.more_ts[j] = now;
+			}
+		}
+		life.more = i + 1;
+		life.pid = si->pid;
+		life.flags = si->flags;
+		__builtin_memcpy(life.comm, si->comm, sizeof(life.comm));
+		emit(&life);
+		return 1;
 	}
-	life.more_state[i] = (kind << 4) | newstate;
-	life.more_ts[i] = bpf_ktime_get_ns();
-	life.more = i + 1;
-	life.pid = si->pid;
-	life.flags = si->flags;
-	__builtin_memcpy(life.comm, si->comm, sizeof(life.comm));
-	if (!life.sport) /* connect() binds the port (and may pick the address) after SYN_SENT */
-		life.family = copy_addrs(&life, family, s4, d4, s6, d6);
-	life.sport = sport;
-	life.dport = dport;
-	if (kind != TCPSTATE_KIND_STATE || newstate != ST_CLOSE) {
-		if (!lives.insert(&sk, &life))
-			return 1;
-		stat_inc(TCPSTATE_STAT_LIVES_FULL); /* filled meanwhile: send it as it is */
+	/* In place: the transition, then the count, so that a copy user space takes
+	 * meanwhile holds it whole or not at all. */
+	p->more_state[i & 7] = (kind << 4) | newstate;
+	p->more_ts[i & 7] = bpf_ktime_get_ns();
+	p->pid = si->pid;
+	p->flags = si->flags;
+	__builtin_memcpy(p->comm, si->comm, sizeof(p->comm));
+	if (!p->sport) { /* connect() binds the port (and may pick the address) after SYN_SENT */
+		p->family = copy_addrs(p, family, s4, d4, s6, d6);
+		p->sport = sport;
+		p->dport = dport;
 	}
-	emit(&life);
-	return 1;
+	asm volatile("" ::: "memory"); /* x86 keeps stores in order; the compiler must too */
+	p->more = i + 1;
+	/* Taken meanwhile: the transition goes on its own too; when the copy holds it
+	 * as well, user space drops the twin (same socket, time and state). */
+	return lives.lookup(&sk) == p;
 }
 
 TRACEPOINT_PROBE(sock, inet_sock_set_state)

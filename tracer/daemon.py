@@ -140,6 +140,11 @@ class Housekeeper:
     # The ring buffer this full: the timeline writes one chunk a round, so that the
     # event reader catches up before records are lost.
     BEHIND_FILL = 0.25
+    # Taking in this many events a second, the reader is near its limit (the machine's
+    # churn ceiling is ~290,000): the timeline waits, so that the store's CPU goes to the
+    # load instead, and lives wait (packed, bounded) for a quieter moment, unless half
+    # of what may wait is waiting.
+    BUSY_EVENTS_PER_S = 100_000
     RETAIN_EVERY_S = 10.0  # cheap when there is nothing to delete; at full churn 300 s is gigabytes
 
     def __init__(self, tracker: Tracker, clock: Clock, reconcile_s: float, scan_s: float = 1.0,
@@ -152,6 +157,7 @@ class Housekeeper:
         self.timeline_written_at = 0.0
         self.timeline_written = 0
         self.timeline_not_written = 0  # lives the store refused
+        self._rate_at_ns, self._rate_events, self.events_per_s = 0, 0, 0.0
         self.reconcile_s = reconcile_s
         self.scan_s = scan_s
         self.report = tracker.scan(clock.monotonic_ns())
@@ -223,7 +229,9 @@ class Housekeeper:
         """Writes the socket lives that changed to the store, WRITE_CHUNK at a time (one
         transaction each): all of them when ``final``; else those ended or open for
         SETTLE_NS, and after the first chunk only while the event reader is not at risk
-        of losing events (``behind``: the ring buffer a quarter full). The
+        of losing events (``behind``: the ring buffer a quarter full); nothing while it
+        is busy (taking in BUSY_EVENTS_PER_S) and less than half of the lives that may
+        wait are waiting. The
         reader comes first: it shares the interpreter with this thread, and what it
         falls behind on is lost for the metrics too, where a life left for the next
         round is at worst dropped from the timeline (and counted)."""
@@ -231,7 +239,14 @@ class Housekeeper:
             return 0
         from tracer.store import StoreError
 
-        born_before = None if final else self.clock.monotonic_ns() - self.SETTLE_NS
+        now, events = self.clock.monotonic_ns(), self.tracker.events
+        if self._rate_at_ns and now > self._rate_at_ns:
+            self.events_per_s = (events - self._rate_events) * 1e9 / (now - self._rate_at_ns)
+        self._rate_at_ns, self._rate_events = now, events
+        if (not final and self.events_per_s > self.BUSY_EVENTS_PER_S
+                and self.tracker.pending_ended() < self.tracker.max_pending_lifecycles // 2):
+            return 0
+        born_before = None if final else now - self.SETTLE_NS
         offset, written, failure = self.clock.offset_ns(), 0, None
         while records := self.tracker.drain_raw(born_before, self.WRITE_CHUNK):
             try:

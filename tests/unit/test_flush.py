@@ -87,3 +87,18 @@ def test_lives_the_store_refuses_are_counted_and_the_rest_written(tmp_path):
     churned_again, _ = churned(1)
     hk.tracker = churned_again
     assert hk.flush_timeline() == 7 and hk.timeline_not_written == 21
+
+
+def test_a_busy_reader_puts_the_timeline_off_until_half_the_backlog_waits(tmp_path):
+    # 22 ended lives may wait here (half: 11); three laps leave 21 waiting, one lap 7.
+    tracker, clock = churned(3, pending_max=22)
+    store = SqliteStore(tmp_path / "t.db", 86400, 1 << 30)
+    hk = housekeeper(tracker, clock, store, behind=False)
+    hk.BUSY_EVENTS_PER_S = 10
+    assert hk.flush_timeline() == 21  # the first round has no rate yet
+    for laps, written in ((3, 21), (1, 0)):
+        hk.tracker, _ = churned(laps, pending_max=22)
+        hk._rate_events = hk.tracker.events - 1000  # a thousand events in the second since
+        clock.advance(1.0)
+        assert hk.flush_timeline() == written  # over half waiting: all; else busy: none
+        assert hk.events_per_s == 1000

@@ -191,3 +191,19 @@ def test_a_socket_born_at_the_address_of_an_unfinished_one_ends_it():
     ended = [life for life in lives if life[-1] is not None]
     assert [life[11][0::2] for life in ended] == [(S.SYN_SENT, S.ESTABLISHED, S.FIN_WAIT1)]
     assert ended[0][-1] == again[0][0]  # ended when the next socket was born
+
+
+def test_the_twin_of_a_transition_a_taken_life_holds_is_dropped():
+    """The program appends in place and then finds the life taken: the transition goes
+    on its own as well, and may be in the copy user space took."""
+    evs = [ev for ev in connection(0, 100) if ev[1] == 0x1000]  # the client's five
+    taken = record.unpack(record.pack(evs[:2]))  # SYN_SENT, ESTABLISHED
+    twin = record.unpack(record.pack([evs[1]]))
+    rest = [record.unpack(record.pack([ev])) for ev in evs[2:]]
+    once, twice = Tracker(TW_NS, 100, keep_lifecycles=True), Tracker(TW_NS, 100, keep_lifecycles=True)
+    once.apply_records([taken, *rest])
+    twice.apply_records([taken, twin, *rest])
+    s1, s2 = state(once), state(twice)
+    assert s2["stats"].events == s1["stats"].events + 1  # received, not applied
+    del s1["stats"], s2["stats"]
+    assert s1 == s2

@@ -314,6 +314,10 @@ class Tracker:
                 self._insert(entry)
         else:
             old = entry.state
+            if ts == entry.since_ns and new == old:
+                # The twin of the last transition of a life user space took while the
+                # program appended it (bpf/tcpstates.bpf.c append): already applied.
+                return -1
             key = (entry.port, old)
             counts[key] -= 1
             # A missed transition (the kernel skips the program now and then) leaves the
@@ -822,6 +826,10 @@ class Tracker:
                 tuple(e.history), None) for e in changed if e.uid]
         out += [unpack_ended(packed) for packed in ended]
         return out
+
+    def pending_ended(self) -> int:
+        """Ended lives waiting for the store."""
+        return len(self._ended)
 
     def drain_lifecycles(self, wall: Callable[[int], float]) -> list[Lifecycle]:
         """drain_raw as Lifecycles (the daemon hands the raw ones to the store)."""
