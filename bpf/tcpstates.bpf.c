@@ -78,10 +78,11 @@ BPF_F_TABLE("hash", u32, struct portinfo, ports, 65536, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("percpu_hash", struct tcpstate_count_key, u64, counts, TCPSTATE_MAX_COUNTS, 0);
 BPF_PERCPU_ARRAY(overflow_counts, u64, TCPSTATE_OVERFLOW_SLOTS);
 BPF_PERCPU_ARRAY(stats, u64, TCPSTATE_STAT_NSLOTS);
-/* Young sockets by address, each the record being assembled. An entry is never
- * written in place: the program deletes it and inserts the new value, and user
- * space takes one with a single lookup-and-delete. Whoever deletes it owns it,
- * so every transition lands in exactly one record. */
+/* Young sockets by address, each the record being assembled. The program adds a
+ * transition in place, its count last; user space takes an entry with one
+ * lookup-and-delete, and whoever deletes an entry owns it (a close, a full
+ * record). A transition added as user space took the entry is also sent on its
+ * own: user space drops it when the copy it took holds it too. */
 BPF_F_TABLE("hash", u64, struct tcpstate_event, lives, TCPSTATE_MAX_LIVES, 0);
 
 static __always_inline void stat_add(u32 slot, u64 n)
