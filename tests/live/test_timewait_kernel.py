@@ -22,17 +22,22 @@ def fast_daemon(live_host, tmp_path) -> Iterator[Daemon]:
 
 def test_timewait_killed_in_the_kernel_is_corrected(fast_daemon: Daemon):
     port = traffic.quiet_port()
-    run = traffic.client_closed(port, 20)
-    wait_timewait_equal(fast_daemon, port, 20)
+    traffic.client_closed(port, 20)
+    # Usually 20; the kernel itself may already have ended one or two early (a late ACK
+    # answered by the listener's reset, RFC 1337): the model follows either way.
+    held = wait_timewait_equal(fast_daemon, port)
+    assert held >= 15
     before = corrections(fast_daemon, "absent_in_kernel")
     # SOCK_DESTROY on five of them: gone from the kernel, and no tracepoint says so
     # (as when a peer's listener answers a late ACK with a reset, RFC 1337).
-    victims = run.client_ports[:5]
+    out = subprocess.run(["ss", "-Htan", "state", "time-wait", f"( dport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    victims = sorted(int(line.split()[2].rsplit(":", 1)[1]) for line in out.splitlines())[:5]
     sports = " or ".join(f"sport = :{p}" for p in victims)
     subprocess.run(["ss", "-K", "-tan", "state", "time-wait", f"( dport = :{port} ) and ( {sports} )"],
                    check=True, capture_output=True)
-    assert ss_timewait(port) == 15
-    wait_timewait_equal(fast_daemon, port, 15)
+    assert ss_timewait(port) == held - 5
+    wait_timewait_equal(fast_daemon, port, held - 5)
     assert corrections(fast_daemon, "absent_in_kernel") - before >= 5
 
 
