@@ -45,6 +45,12 @@ def path(recs: list[tuple], sk: int) -> list[tuple[str, str]]:
             for r in recs if r[record.Field.SK] == sk for ev in record.events_of(r)]
 
 
+def transitions(recs: list[tuple]) -> int:
+    """State transitions in these records (a reset, which the kernel counts apart, is
+    not one: a late ACK answered by the listener's reset happens now and then)."""
+    return sum(1 for r in recs for ev in record.events_of(r) if ev[record.Field.KIND] == 0)
+
+
 def kernel_transitions(source, port: int) -> int:
     return sum(n for (p, kind, _old, _new), n in source.transition_counts().items() if p == port and kind == 0)
 
@@ -59,8 +65,7 @@ def test_short_lives_arrive_whole_one_record_a_socket(source):
     # listener's LISTEN and CLOSE are a record too)
     assert len(lives) == 100 and {r[record.MORE_AT] for r in lives} == {4}
     assert Counter(tuple(path([r], r[record.Field.SK])) for r in lives) == {tuple(CLIENT): 50, tuple(SERVER): 50}
-    events = sum(len(record.events_of(r)) for r in recs)
-    assert events == kernel_transitions(source, port) - before  # the listener's two included
+    assert transitions(recs) == kernel_transitions(source, port) - before  # the listener's two included
 
 
 def test_an_old_life_is_taken_and_its_socket_goes_on_one_transition_at_a_time(source):
@@ -85,5 +90,4 @@ def test_an_old_life_is_taken_and_its_socket_goes_on_one_transition_at_a_time(so
     assert path(closing, client_sk) == CLIENT[2:]
     assert all(not r[record.MORE_AT] for r in closing if r[1] == client_sk)
     assert source.lives_taken >= 3  # client, accepted socket, listener
-    events = sum(len(record.events_of(r)) for r in recs)
-    assert events == kernel_transitions(source, port) - before
+    assert transitions(recs) == kernel_transitions(source, port) - before
