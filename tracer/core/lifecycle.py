@@ -40,11 +40,19 @@ def packer(spans: int) -> struct.Struct:
     return got
 
 
+def pack_spans(uid: int, netns: int, fam: int, saddr: bytes, sport: int, daddr: bytes, dport: int, role: int,
+               port: int, pid: int, comm: bytes, states: bytes, since: list[int] | tuple[int, ...],
+               end_ns: int) -> bytes:
+    """An ended life packed from its spans: each one's state (as bytes) and since_ns."""
+    n = len(states)
+    return packer(n).pack(uid, netns, fam, role, saddr, daddr, sport, dport, port, pid, comm, end_ns, n,
+                          states, *since)
+
+
 def pack_ended(raw: RawLife) -> bytes:
     uid, netns, fam, saddr, sport, daddr, dport, role, port, pid, comm, history, end_ns = raw
-    n = len(history) // 2
-    return packer(n).pack(uid, netns, fam, role, saddr, daddr, sport, dport, port, pid, comm, end_ns, n,
-                          bytes(history[0::2]), *history[1::2])
+    return pack_spans(uid, netns, fam, saddr, sport, daddr, dport, role, port, pid, comm,
+                      bytes(history[0::2]), history[1::2], end_ns)
 
 
 def unpack_ended(packed: bytes) -> RawLife:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from tracer.core.detector import WATCHED, Report, Rules, Stuck
-from tracer.core.lifecycle import Lifecycle, RawLife, from_raw, pack_ended, packer, unpack_ended
+from tracer.core.lifecycle import Lifecycle, RawLife, from_raw, pack_ended, pack_spans, unpack_ended
 from tracer.core.record import MORE_AT, MORE_STATE_AT, MORE_TS_AT, Event, Record, events_of
 from tracer.core.states import (
     ACTIVE_CLOSE_STATES,
@@ -442,9 +442,7 @@ class Tracker:
         if (plan is None or rec[9] != _STATE or rec[12] not in _CONNECTION_ROLES or rec[1] in sockets
                 or len(sockets) >= self.max_sockets
                 or self._baseline_by_conn and (rec[2], rec[5], rec[3], rec[6]) in self._baseline_by_conn):
-            for ev in events_of(rec):
-                self._apply(ev)
-            return 1 + more
+            return self._apply_events(rec)
         visited, connect_at, to_timewait, failed, states = plan
         stamps = rec[MORE_TS_AT:MORE_TS_AT + more]
         born, died = rec[0], stamps[-1]
@@ -452,9 +450,7 @@ class Tracker:
             floors, before = self._floors, born
             for old, ts in zip(visited, stamps):
                 if ts - before > floors[old]:  # the long path counts it
-                    for ev in events_of(rec):
-                        self._apply(ev)
-                    return 1 + more
+                    return self._apply_events(rec)
                 before = ts
         svc = rec[7]
         counts, durations = self.counts, self.state_durations
@@ -484,13 +480,20 @@ class Tracker:
             entry.since_ns = died
             self._enter_timewait(entry)
         elif self.keep_lifecycles:  # straight to the timeline, packed as _end packs it
-            self._pend(packer(more).pack(uid, 0, rec[8], rec[12], rec[2], rec[3], rec[5], rec[6], svc, rec[4],
-                                         rec[14], died, more, states, born, *stamps[:-1]))
+            self._pend(pack_spans(uid, 0, rec[8], rec[2], rec[5], rec[3], rec[6], rec[12], svc, rec[4], rec[14],
+                                  states, (born, *stamps[:-1]), died))
         if failed:
             key = (svc, "timeout")
             self.connect_failures[key] = self.connect_failures.get(key, 0) + 1
         self._observe(self.connection_durations, (svc, rec[12]), died - born)
         return 1 + more
+
+    def _apply_events(self, rec: Record) -> int:
+        """The long path: the record's events one by one."""
+        events = events_of(rec)
+        for ev in events:
+            self._apply(ev)
+        return len(events)
 
     def expire(self, now_ns: int) -> None:
         """Ends the TIME_WAITs whose time is up."""
