@@ -52,6 +52,9 @@ _ERRNO = struct.Struct("=i")
 RECV_BYTES = 65536  # the kernel fills dump datagrams up to 32 KiB; a shorter buffer truncates them
 ANSWER_TIMEOUT_S = 5.0  # silence this long during a dump is a failure, not a wait
 
+# idiag_timer of a timewait socket (inet_twsk_diag_fill); full sockets report 0, 1, 2 or 4.
+TIMEWAIT_TIMER = 3
+
 _V4MAPPED = bytes(10) + b"\xff\xff"
 _ZERO12 = bytes(12)
 _SELF_NETNS = "/proc/self/ns/net"
@@ -77,7 +80,7 @@ class KernelSocket:
     sport: int
     daddr: bytes
     dport: int
-    state: int  # TcpState
+    state: int  # TcpState; TIME_WAIT for every timewait socket, whatever its substate
     expires_ns: int  # time left on its timer (TIME_WAIT: time left in TIME_WAIT)
     inode: int  # 0 for TIME_WAIT and orphans
     cookie: int  # the kernel's socket cookie
@@ -93,6 +96,10 @@ class KernelSocket:
 def decode_answer(data: bytes, seq: int, netns: int, out: list[KernelSocket]) -> bool:
     """Appends the sockets in one datagram of a sock_diag dump answer to ``out``.
 
+    A timewait socket comes out in TIME_WAIT even in its FIN_WAIT2 substate (an
+    orphan whose peer has not sent its FIN yet, which ``ss`` shows as FIN-WAIT-2): the
+    full socket is gone, and the model holds it in TIME_WAIT from its close on.
+
     Returns True once the dump is complete (NLMSG_DONE). An error from the kernel
     raises SockDiagError with its errno; a malformed datagram raises KernelTableError.
     Messages of another sequence number are skipped.
@@ -102,6 +109,7 @@ def decode_answer(data: bytes, seq: int, netns: int, out: list[KernelSocket]) ->
     append = out.append
     v4, v6 = AF_INET, AF_INET6
     mapped, zero12 = _V4MAPPED, _ZERO12
+    timewait_timer, time_wait = TIMEWAIT_TIMER, TcpState.TIME_WAIT.value
     end = len(data)
     off = 0
     while off < end:
@@ -114,8 +122,10 @@ def decode_answer(data: bytes, seq: int, netns: int, out: list[KernelSocket]) ->
             if mtype == SOCK_DIAG_BY_FAMILY:
                 if length < full:
                     raise KernelTableError(f"a sock_diag message of {length} bytes is shorter than inet_diag_msg")
-                (_, _, _, _, _, fam, state, _timer, _retrans, sport, dport, src, dst, _if, c0, c1,
+                (_, _, _, _, _, fam, state, timer, _retrans, sport, dport, src, dst, _if, c0, c1,
                  expires, _rq, _wq, _uid, inode) = unpack(data, off)
+                if timer == timewait_timer:
+                    state = time_wait
                 if fam == v4:
                     src = src[:4] + zero12
                     dst = dst[:4] + zero12
@@ -137,10 +147,15 @@ def decode_answer(data: bytes, seq: int, netns: int, out: list[KernelSocket]) ->
 
 
 def state_mask(states: Iterable[int]) -> int:
-    """The request's idiag_states bitmask; ValueError for a number that is no TCP state."""
+    """The request's idiag_states bitmask; ValueError for a number that is no TCP state.
+
+    The kernel matches a timewait socket on its substate, so TIME_WAIT asks for
+    FIN_WAIT2 as well (``dump`` drops the full FIN_WAIT2 sockets this brings in)."""
     mask = 0
     for state in states:
         mask |= 1 << TcpState(state).value
+    if mask & 1 << TcpState.TIME_WAIT.value:
+        mask |= 1 << TcpState.FIN_WAIT2.value
     return mask
 
 
@@ -344,7 +359,8 @@ def dump(states: Iterable[int], netns: dict[int, str] | None = None) -> tuple[li
         from pyroute2.netlink.diag import DiagSocket
     except ImportError:
         raise KernelTableError("the pyroute2 module is missing: run `make setup`") from None
-    mask = state_mask(states)
+    wanted = {TcpState(state).value for state in states}
+    mask = state_mask(wanted)
     try:
         targets = namespaces() if netns is None else dict(netns)
     except OSError as exc:
@@ -366,6 +382,8 @@ def dump(states: Iterable[int], netns: dict[int, str] | None = None) -> tuple[li
     worker.join()
     if failure:
         raise failure[0]
+    if len(wanted) < bin(mask).count("1"):
+        sockets = [s for s in sockets if s.state in wanted]
     return sockets, problems
 
 

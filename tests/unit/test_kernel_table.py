@@ -30,9 +30,12 @@ MAPPED_OTHER = socket.inet_pton(socket.AF_INET6, "::ffff:10.1.2.3")
 
 def diag_msg(family: int, state: int, src: bytes, sport: int, dst: bytes, dport: int, *,
              expires_ms: int = 0, inode: int = 0, cookie: int = 0, seq: int = SEQ,
-             attrs: bytes = b"") -> bytes:
-    """One nlmsghdr + inet_diag_msg (+ attributes), laid out field by field as in the UAPI header."""
-    body = (struct.pack("=BBBB", family, state, 0, 0)
+             attrs: bytes = b"", timer: int | None = None) -> bytes:
+    """One nlmsghdr + inet_diag_msg (+ attributes), laid out field by field as in the UAPI
+    header. ``timer`` defaults to the kernel's: 3 for TIME_WAIT (a timewait socket), else 0."""
+    if timer is None:
+        timer = kt.TIMEWAIT_TIMER if state == TcpState.TIME_WAIT else 0
+    body = (struct.pack("=BBBB", family, state, timer, 0)
             + struct.pack(">HH", sport, dport)
             + src + dst
             + struct.pack("=I", 0)  # idiag_if
@@ -96,6 +99,22 @@ def test_every_field_of_a_timewait_socket():
                                    daddr=V4_OTHER, dport=20001, state=TcpState.TIME_WAIT,
                                    expires_ns=59_123_000_000, inode=0, cookie=cookie)
     assert sock.conn == (V4_LOOP, 51340, V4_OTHER, 20001)
+
+
+@pytest.mark.parametrize("substate", [TcpState.TIME_WAIT, TcpState.FIN_WAIT2])
+def test_a_timewait_socket_is_in_time_wait_whatever_its_substate(substate):
+    """An orphan whose peer has not sent its FIN yet is a timewait socket in the FIN_WAIT2
+    substate (inet_twsk_diag_fill: idiag_state = tw_substate, idiag_timer = 3)."""
+    (sock,), _ = decode(diag_msg(socket.AF_INET, substate, V4_LOOP, 51340, V4_OTHER, 20001,
+                                 expires_ms=58_000, timer=kt.TIMEWAIT_TIMER))
+    assert (sock.state, sock.expires_ns) == (TcpState.TIME_WAIT, 58_000_000_000)
+
+
+@pytest.mark.parametrize("timer", [0, 1, 2, 4])
+def test_a_full_socket_in_fin_wait2_stays_in_fin_wait2(timer):
+    (sock,), _ = decode(diag_msg(socket.AF_INET, TcpState.FIN_WAIT2, V4_LOOP, 51340, V4_OTHER, 20001,
+                                 inode=77, timer=timer))
+    assert sock.state == TcpState.FIN_WAIT2
 
 
 def test_attributes_are_skipped_and_several_messages_read():
@@ -183,13 +202,14 @@ def test_the_request_asks_for_tcp_in_the_given_states():
     assert flags == kt.NLM_F_REQUEST | kt.NLM_F_DUMP
     family, protocol, ext, _pad, states = struct.unpack_from("=BBBBI", data, 16)
     assert (family, protocol, ext) == (socket.AF_INET6, socket.IPPROTO_TCP, 0)
-    assert states == (1 << 6) | (1 << 10)
+    assert states == (1 << 6) | (1 << 10) | (1 << 5)  # FIN_WAIT2 for the timewait sockets in that substate
     assert data[24:] == bytes(48)
 
 
 @pytest.mark.parametrize("states, mask", [
     ([], 0),
-    ([TcpState.TIME_WAIT], 1 << 6),
+    ([TcpState.TIME_WAIT], (1 << 6) | (1 << 5)),
+    ([TcpState.FIN_WAIT2], 1 << 5),
     ([TcpState.ESTABLISHED, TcpState.LISTEN, TcpState.ESTABLISHED], (1 << 1) | (1 << 10)),
     ([1, 12], (1 << 1) | (1 << 12)),
 ])
@@ -300,6 +320,27 @@ def test_the_callers_thread_never_enters_a_namespace(monkeypatch, three_namespac
     assert problems == []
     assert sorted(s.netns for s in sockets) == sorted(three_namespaces)
     assert fake.threads and threading.get_ident() not in fake.threads
+
+
+@pytest.mark.parametrize("asked, kept", [
+    ([TcpState.TIME_WAIT], [TcpState.TIME_WAIT]),
+    ([TcpState.TIME_WAIT, TcpState.FIN_WAIT2], [TcpState.TIME_WAIT, TcpState.FIN_WAIT2]),
+    ([TcpState.FIN_WAIT2], [TcpState.FIN_WAIT2]),
+])
+def test_timewait_asks_for_fin_wait2_and_keeps_only_what_was_asked(monkeypatch, three_namespaces, asked, kept):
+    masks = []
+
+    def read_table(diag, mask, netns, out):
+        masks.append(mask)
+        for state in (TcpState.TIME_WAIT, TcpState.FIN_WAIT2):
+            if mask & 1 << state:
+                out.append(kt.KernelSocket(netns, 2, V4_LOOP, 1, V4_LOOP, 2, state, 0, 0, 0))
+
+    FakeKernel(monkeypatch)
+    monkeypatch.setattr(kt, "_read_table", read_table)
+    sockets, problems = kt.dump(asked, three_namespaces)
+    assert problems == [] and set(masks) == {kt.state_mask(asked)}
+    assert sorted(s.state for s in sockets) == sorted(kept * 3)
 
 
 def test_a_namespace_that_fails_is_one_problem_and_the_others_are_read(monkeypatch, three_namespaces):
