@@ -4,7 +4,8 @@
  * struct through a header definition, so headers that do not match the running
  * kernel are harmless. Sockets are identified by their address (skaddr) while
  * they live; what the tracepoint does not carry (role, service port, owner) is
- * remembered in maps keyed by that address.
+ * remembered in maps keyed by that address: in a young socket's life (`lives`),
+ * and for the others in `socks` (user space fills it in for the lives it takes).
  *
  * Load-time constants (set by tracer/sources/bcc.py through cflags):
  *   TCPSTATE_RINGBUF_PAGES  ring buffer size in pages (power of two)
@@ -259,14 +260,24 @@ static __always_inline int start_life(u64 sk, struct sockinfo *si, u8 oldstate, 
 	return 1;
 }
 
-/* Adds a transition or reset to the socket's life, if it has one; a close sends
- * the life. 0 when it has none (never had, or user space took it): the caller
- * sends the transition on its own. */
-static __always_inline int append(u64 sk, struct sockinfo *si, u8 kind, u8 newstate,
-				  u16 sport, u16 dport, u16 family,
+/* Who a socket is, from its life: a young socket has no entry in `socks`. */
+static __always_inline void from_life(struct sockinfo *si, const struct tcpstate_event *p)
+{
+	si->pid = p->pid;
+	si->service_port = p->service_port;
+	si->role = p->role;
+	si->flags = p->flags;
+	__builtin_memcpy(si->comm, p->comm, sizeof(si->comm));
+}
+
+/* Adds a transition or reset to the socket's life `p` (the caller's lookup); a
+ * close sends the life. 0 when it has none (never had, or user space took it):
+ * the caller sends the transition on its own. A life that leaves the map open
+ * leaves who the socket is in `socks`, as user space does for the lives it takes. */
+static __always_inline int append(struct tcpstate_event *p, u64 sk, struct sockinfo *si, u8 kind,
+				  u8 newstate, u16 sport, u16 dport, u16 family,
 				  const void *s4, const void *d4, const void *s6, const void *d6)
 {
-	struct tcpstate_event *p = lives.lookup(&sk);
 	struct tcpstate_event life;
 
 	if (!p)
@@ -279,6 +290,8 @@ static __always_inline int append(u64 sk, struct sockinfo *si, u8 kind, u8 newst
 			return 0; /* user space took it since the lookup */
 		if (i >= TCPSTATE_MORE) {
 			emit(&life); /* full: what there is goes out, still open */
+			if (socks.update(&sk, si))
+				stat_inc(TCPSTATE_STAT_SOCKS_FULL);
 			return 0;
 		}
 		u64 now = bpf_ktime_get_ns();
@@ -326,7 +339,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	u16 sport = args->sport;
 	u16 dport = args->dport;
 	struct sockinfo fresh = {};
-	struct sockinfo *si = socks.lookup(&sk);
+	struct sockinfo *si = 0;
+	struct tcpstate_event *life = 0;
 	int store = 0, born = 0;
 
 	if (oldstate == ST_CLOSE && newstate == ST_SYN_SENT) {
@@ -364,7 +378,10 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 			pi->pid = si->pid;
 			__builtin_memcpy(pi->comm, si->comm, sizeof(pi->comm));
 		}
-	} else if (!si) {
+	} else if ((life = lives.lookup(&sk))) {
+		si = &fresh;
+		from_life(si, life);
+	} else if (!(si = socks.lookup(&sk))) {
 		si = &fresh;
 		infer(si, sport, dport);
 		store = newstate != ST_CLOSE;
@@ -390,7 +407,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 
 	int held = born ? start_life(sk, si, oldstate, newstate, sport, dport, args->family,
 				     args->saddr, args->daddr, args->saddr_v6, args->daddr_v6)
-			: append(sk, si, TCPSTATE_KIND_STATE, newstate, sport, dport, args->family,
+			: append(life, sk, si, TCPSTATE_KIND_STATE, newstate, sport, dport, args->family,
 				 args->saddr, args->daddr, args->saddr_v6, args->daddr_v6);
 	if (!held) {
 		struct tcpstate_event *ev = new_event(sk, si, TCPSTATE_KIND_STATE, oldstate, newstate,
@@ -402,8 +419,12 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 		}
 	}
 
-	if (newstate == ST_CLOSE) {
-		if (!store)
+	/* `socks` holds who the sockets without a life are. A socket born into a life
+	 * clears what an earlier socket at its address may have left there. */
+	if (born && held) {
+		socks.delete(&sk);
+	} else if (newstate == ST_CLOSE) {
+		if (!store && !life)
 			socks.delete(&sk);
 	} else if (store) {
 		if (socks.update(&sk, si))
@@ -420,14 +441,18 @@ static __always_inline void reset_event(u64 sk, u8 kind, u8 state, u16 sport, u1
 					const void *s6, const void *d6)
 {
 	struct sockinfo fresh = {};
-	struct sockinfo *si = socks.lookup(&sk);
+	struct sockinfo *si = 0;
+	struct tcpstate_event *life = lives.lookup(&sk);
 
-	if (!si) {
+	if (life) {
+		si = &fresh;
+		from_life(si, life);
+	} else if (!(si = socks.lookup(&sk))) {
 		si = &fresh;
 		infer(si, sport, dport);
 	}
 	count(si->service_port, kind, state, state);
-	if (append(sk, si, kind, state, sport, dport, family, s4, d4, s6, d6))
+	if (append(life, sk, si, kind, state, sport, dport, family, s4, d4, s6, d6))
 		return;
 	struct tcpstate_event *ev = new_event(sk, si, kind, state, state, sport, dport);
 	if (ev) {

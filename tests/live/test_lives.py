@@ -91,3 +91,34 @@ def test_an_old_life_is_taken_and_its_socket_goes_on_one_transition_at_a_time(so
     assert all(not r[record.MORE_AT] for r in closing if r[1] == client_sk)
     assert source.lives_taken >= 3  # client, accepted socket, listener
     assert transitions(recs) == kernel_transitions(source, port) - before
+
+
+def test_a_taken_socket_keeps_its_role_and_owner_after_its_listener_is_gone(source):
+    """A young socket's role, service port and owner live in its life alone: once the
+    daemon takes the life, the program must still know them, not guess them from the
+    listening ports (with the listener closed, an accepted socket would pass for a
+    client of its peer's ephemeral port)."""
+    import os
+
+    port = traffic.quiet_port()
+    listener = traffic.listener("127.0.0.1", port)
+    client = socket.create_connection(("127.0.0.1", port))
+    server, _ = listener.accept()
+    held = collect(source, port, source.YOUNG_NS / 1e9 + 0.4)
+    listener.close()
+    client.shutdown(socket.SHUT_WR)
+    time.sleep(0.05)
+    server.close()
+    client.close()
+    closing = collect(source, port, 0.4)
+    assert source.lives_taken >= 3 and any(r[record.MORE_AT] == 1 for r in held)
+    events = [ev for r in closing for ev in record.events_of(r)]
+    assert {ev[record.Field.SERVICE_PORT] for ev in events} == {port}
+    seen = {(TcpState(ev[10]).name, TcpState(ev[11]).name):
+            (ev[record.Field.ROLE], ev[record.Field.PID], ev[record.Field.FLAGS]) for ev in events}
+    me = os.getpid()
+    # role, owner, flags (no inferred role; the accepted socket's owner seen in its close)
+    assert seen[("LISTEN", "CLOSE")] == (3, me, 0)
+    assert seen[("ESTABLISHED", "FIN_WAIT1")] == seen[("FIN_WAIT2", "CLOSE")] == (1, me, 0)
+    assert seen[("ESTABLISHED", "CLOSE_WAIT")] == (2, me, 2)  # still the listener's, inherited
+    assert seen[("CLOSE_WAIT", "LAST_ACK")] == seen[("LAST_ACK", "CLOSE")] == (2, me, 0)

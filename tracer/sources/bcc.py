@@ -160,6 +160,7 @@ class BccSource:
         self._next_sweep_ns = 0
         self._newest_read_ns = 0  # the latest first timestamp of a record read
         self.lives_taken = 0
+        self.socks_not_remembered = 0  # taken lives whose socket the program could not be told of
         log.info("attached to sock:inet_sock_set_state, tcp:tcp_receive_reset, tcp:tcp_send_reset "
                  "(ring buffer %d MiB)", events.max_entries >> 20)
 
@@ -227,7 +228,29 @@ class BccSource:
             if lib.bpf_lookup_and_delete(fd, ct.byref(ct.c_uint64(sk)), buf) == 0:
                 taken.append(record.unpack(buf.raw))
         self.lives_taken += len(taken)
+        if taken:
+            self._remember(taken)
         return taken
+
+    def _remember(self, lives: list[record.Record]) -> None:
+        """Tells the program who the sockets of the lives taken are (role, service port,
+        owner), as it keeps them itself for a socket without a life. A socket that
+        closed since it was taken leaves an entry behind until a new socket is born
+        at its address."""
+        socks = self._socks
+        n = len(lives)
+        keys = (socks.Key * n)()
+        values = (socks.Leaf * n)()
+        for i, rec in enumerate(lives):
+            keys[i] = rec[1]
+            v = values[i]
+            v.pid, v.service_port, v.role, v.flags, v.comm = rec[4], rec[7], rec[12], rec[13], rec[14]
+        count = ct.c_uint32(n)
+        if self._lib.bpf_update_batch(socks.map_fd, keys, values, ct.byref(count)):
+            err = ct.get_errno()
+            log.debug("remembering %d taken sockets for the program failed after %d: %s",
+                      n, count.value, errno.errorcode.get(err, err))
+        self.socks_not_remembered += n - count.value
 
     def transition_counts(self) -> dict[CountKey, int]:
         counts: dict[CountKey, int] = {}
@@ -252,7 +275,7 @@ class BccSource:
             events=self._stat(STAT_EVENTS),
             ringbuf_full=self._stat(STAT_RINGBUF_FULL),
             counts_full=self._stat(STAT_COUNTS_FULL),
-            socks_full=self._stat(STAT_SOCKS_FULL),
+            socks_full=self._stat(STAT_SOCKS_FULL) + self.socks_not_remembered,
             lives_full=self._stat(STAT_LIVES_FULL),
             counters=sum(1 for _ in self._counts.keys()),
             counters_capacity=self._counts.max_entries,
