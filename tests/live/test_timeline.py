@@ -47,6 +47,8 @@ def test_twenty_connections_stored_in_the_kernels_order_and_kept_across_a_restar
 
 
 def test_the_page_shows_the_daemons_sockets_in_chromium(live_host, tmp_path, record_property):
+    """The page draws what the API serves, life by life (the lives themselves are checked
+    against the kernel's sequences above)."""
     from tests.live.browser import chromium, wait_for
 
     port = traffic.quiet_port()
@@ -62,16 +64,18 @@ def test_the_page_shows_the_daemons_sockets_in_chromium(live_host, tmp_path, rec
             wait_for(driver, "document.body.dataset.rendered === '41' && document.body.dataset.status === 'ready'",
                      20, "41 lifelines from the daemon")
             rows = driver.execute_script("return [...document.querySelectorAll('#sockets tbody tr')]"
-                                         ".map(tr => [...tr.querySelectorAll('li.st')].map(li => li.dataset.state))")
+                                         ".map(tr => [tr.dataset.id, [...tr.querySelectorAll('li.st')]"
+                                         ".map(li => li.dataset.state)])")
             screens = Path(__file__).resolve().parents[2] / "test-output" / "timeline-screens"
             screens.mkdir(parents=True, exist_ok=True)
             shot = screens / "daemon-20-connections.png"
             shot.write_bytes(driver.get_screenshot_as_png())
             record_property("screenshot", str(shot))
             print(f"timeline screenshot against the daemon: {shot}")
+        status, body = http_get(f"{daemon.url}/api/v1/sockets?port={port}&limit=1000")
+        assert status == 200, body
+        served = {str(s["id"]): [x["state"] for x in s["states"]] for s in json.loads(body)["sockets"]}
     finally:
         assert stop_daemon(daemon) == 0, daemon.log.read_text()
-    assert len(rows) == 41
-    odd = [r for r in rows if r not in (CLIENT, SERVER, ["LISTEN"])]
-    assert sum(r == CLIENT for r in rows) == 20 and sum(r == SERVER for r in rows) == 20, \
-        f"lifelines of another sequence: {odd}; the daemon's log:\n{daemon.log.read_text()}"
+    assert len(rows) == 41 and dict(rows) == served
+    assert sorted(map(len, served.values())) == [1] + [len(SERVER)] * 20 + [len(CLIENT)] * 20
