@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tracer.core.detector import WATCHED, Rules
-from tracer.core.states import Role, TcpState
+from tracer.core.states import EventKind, Role, TcpState
 from tracer.core.tracker import KernelSocketInfo, Tracker
 
 S = TcpState
@@ -152,6 +152,34 @@ def test_rearmed_timewait_outlives_2msl_and_is_flagged(event):
     t.expire(113 * SEC)
     assert t.snapshot()[(8080, S.TIME_WAIT)] == 0
     assert t.stuck_totals() == {(8080, S.TIME_WAIT): 1}
+
+
+def test_timewaits_found_in_the_kernel_end_when_their_timers_do(event):
+    """Each ends at its own kernel time, whatever the order they were found in; one
+    ended early (a reset) is not ended again; one re-armed ends at its new time."""
+    t = tracker()
+    found = [conn(41000 + i, 8080) for i in range(4)]
+    t.load_baseline([kernel_tw(c, left) for c, left in zip(found, [30, 10, 50, 20])], 0)
+    tw = lambda: t.snapshot()[(8080, S.TIME_WAIT)]  # noqa: E731
+    assert tw() == 4
+    t.expire(9 * SEC)
+    assert tw() == 4
+    t.expire(10 * SEC)
+    assert tw() == 3
+    t.reconcile({c: kernel_tw(c, left) for c, left in [(found[0], 25), (found[2], 35), (found[3], 55)]},
+                5 * SEC, 2 * SEC)  # the kernel re-armed the last one: 60 s from 5 s
+    t.apply(event(0x40, S.TIME_WAIT, S.TIME_WAIT, ts_ns=12 * SEC, kind=EventKind.RESET_RX,
+                  sport=41000, dport=8080, role=Role.ACTIVE))  # found[0] reset
+    assert tw() == 2
+    t.expire(40 * SEC)
+    assert tw() == 2
+    t.expire(50 * SEC)
+    assert tw() == 1
+    t.expire(59 * SEC)
+    assert tw() == 1
+    t.expire(60 * SEC)
+    assert tw() == 0
+    assert t.stats().timewait_cancelled_by_reset == 1
 
 
 def test_timewait_the_kernel_dropped_is_removed_and_one_it_has_is_added(event):

@@ -15,6 +15,8 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import deque
+from heapq import heappop, heappush
+from itertools import count
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -233,6 +235,10 @@ class Tracker:
         # move to _extended (and are skipped here when they reach the front).
         self.timewait: deque[SocketEntry] = deque()
         self._extended: dict[Conn, SocketEntry] = {}
+        # Their ends, soonest first: (expires_ns, tie-break, entry). An end that no
+        # longer holds (the entry left _extended, or its timer moved) is skipped.
+        self._extended_ends: list[tuple[int, int, SocketEntry]] = []
+        self._tie = count()
         # Every TIME_WAIT by connection: how a reset that follows the close finds it
         # (the kernel sets CLOSE before it sends an abortive reset), and how the
         # kernel's socket table is matched against the model.
@@ -499,15 +505,25 @@ class Tracker:
         """Ends the TIME_WAITs whose time is up."""
         tw = self.timewait
         horizon = now_ns - self.timewait_ns
-        if (not tw or tw[0].since_ns > horizon) and not self._extended:
+        ends = self._extended_ends
+        if (not tw or tw[0].since_ns > horizon) and (not ends or ends[0][0] > now_ns):
             return
         with self.lock:
             while tw and tw[0].since_ns <= horizon:
                 entry = tw.popleft()
                 if not entry.expires_ns:  # the kernel's timer decides an extended one's end
                     self._leave_timewait(entry, entry.since_ns + self.timewait_ns)
-            for entry in [e for e in self._extended.values() if e.expires_ns <= now_ns]:
-                self._leave_timewait(entry, entry.expires_ns)
+            extended = self._extended
+            while ends and ends[0][0] <= now_ns:
+                at, _, entry = heappop(ends)
+                if entry.expires_ns == at and extended.get(entry.conn) is entry:
+                    self._leave_timewait(entry, at)
+
+    def _extend(self, entry: SocketEntry, expires_ns: int) -> None:
+        """The kernel's timer ends this TIME_WAIT, at ``expires_ns``."""
+        entry.expires_ns = expires_ns
+        self._extended[entry.conn] = entry
+        heappush(self._extended_ends, (expires_ns, next(self._tie), entry))
 
     def _insert(self, entry: SocketEntry) -> None:
         sockets = self.sockets
@@ -678,7 +694,7 @@ class Tracker:
         entry.uid = self._take_uid()
         entry.expires_ns = now_ns + k.expires_ns
         self._enter_timewait(entry)
-        self._extended[k.conn] = entry
+        self._extend(entry, entry.expires_ns)
         return entry
 
     def reconcile(self, kernel: Mapping[Conn, KernelSocketInfo], dumped_at_ns: int,
@@ -711,8 +727,7 @@ class Tracker:
                 if k.expires_ns > model_left + _REARM_SLACK_NS:
                     if not entry.expires_ns:
                         self.timewait_rearmed += 1
-                    entry.expires_ns = dumped_at_ns + k.expires_ns
-                    self._extended[conn] = entry
+                    self._extend(entry, dumped_at_ns + k.expires_ns)
             for conn, k in kernel.items():
                 if k.state == _TIME_WAIT and conn not in self._timewait_by_conn:
                     since = dumped_at_ns - max(0, self.timewait_ns - k.expires_ns)
