@@ -146,13 +146,24 @@ class Housekeeper:
     # of what may wait is waiting.
     BUSY_EVENTS_PER_S = 100_000
     RETAIN_EVERY_S = 10.0  # cheap when there is nothing to delete; at full churn 300 s is gigabytes
+    LOSS_LOG_EVERY_S = 10.0  # a loss is logged within a second, then at most this often
+    LOSS_MEANING = {
+        "program_not_run": "the kernel did not run the program (it was already running on that CPU); "
+                           "those transitions are nowhere, and the lives they belong to are incomplete",
+        "ring_buffer_full": "the ring buffer was full; counted in tcpstate_transitions_total, "
+                            "missing from the model and the timeline",
+    }
 
     def __init__(self, tracker: Tracker, clock: Clock, reconcile_s: float, scan_s: float = 1.0,
-                 store: object | None = None, behind: Callable[[], bool] = lambda: False) -> None:
+                 store: object | None = None, behind: Callable[[], bool] = lambda: False,
+                 lost: Callable[[], dict[str, int]] | None = None) -> None:
         self.tracker = tracker
         self.clock = clock
         self.store = store  # tracer.store.LifecycleStore: the timeline
         self.behind = behind  # whether the event reader is falling so far behind that it may lose events
+        self.lost = lost  # the source's losses by reason, since it attached
+        self._lost_logged: dict[str, int] = {}
+        self._lost_logged_at: dict[str, float] = {}
         self.timeline_version = 0
         self.timeline_written_at = 0.0
         self.timeline_written = 0
@@ -221,6 +232,19 @@ class Housekeeper:
             log.debug("TIME_WAIT reconciled with the kernel: %d ended early, %d found", removed, added)
         return removed, added
 
+    def log_losses(self) -> None:
+        """A warning when events were lost since the last one, for each reason."""
+        if self.lost is None:
+            return
+        now = time.monotonic()
+        for reason, total in self.lost().items():
+            new = total - self._lost_logged.get(reason, 0)
+            if new > 0 and now >= self._lost_logged_at.get(reason, 0.0) + self.LOSS_LOG_EVERY_S:
+                log.warning("%d transitions lost (%s, %d since the start): %s", new, reason, total,
+                            self.LOSS_MEANING.get(reason, "see tcpstate_events_lost_total"))
+                self._lost_logged[reason] = total
+                self._lost_logged_at[reason] = now
+
     def scan_once(self) -> Report:
         self.report = self.tracker.scan(self.clock.monotonic_ns())
         return self.report
@@ -276,6 +300,7 @@ class Housekeeper:
                 self.reconcile_once()
                 next_reconcile = time.monotonic() + max(self.reconcile_s, 10 * self.last_reconcile_s)
             self.scan_once()
+            self.log_losses()
             self.flush_timeline()
             if self.store is not None and time.monotonic() >= next_retain:
                 self.store.retain(time.time())
@@ -374,7 +399,7 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
     tracker.next_uid = store.next_id()  # ids stay unique across restarts
     pipeline = Pipeline(source, tracker, clock)
     housekeeper = Housekeeper(tracker, clock, cfg.timewait_reconcile_seconds, store=store,
-                              behind=lambda: source.backlog() > Housekeeper.BEHIND_FILL)
+                              behind=lambda: source.backlog() > Housekeeper.BEHIND_FILL, lost=source.lost)
     # The program is attached: what opens from now on is seen, what was open is loaded.
     housekeeper.load_baseline(source)
     ephemeral = sysctl.ephemeral_ports()

@@ -8,6 +8,7 @@ import time
 
 from tests.live import traffic
 from tests.live.conftest import http_get, start_daemon, stop_daemon
+from tests.live.observe import samples
 
 CLIENT = ["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"]
 SERVER = ["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"]
@@ -19,6 +20,21 @@ def sockets(url: str, port: int) -> list[dict]:
     return [s for s in json.loads(body)["sockets"] if s["role"] != "listener"]
 
 
+def not_run(daemon) -> int:
+    """Transitions the kernel did not run the daemon's program for (it was already running
+    on that CPU): no tracepoint program can take them in."""
+    return int(sum(samples(daemon.metrics(), "tcpstate_events_lost_total", reason="program_not_run").values()))
+
+
+def exact_but_for_kernel_skips(found: list[dict], skipped: int, log: str) -> list[dict]:
+    """The lives that are not the kernel's sequence, each of which a skipped transition must
+    explain (a life loses one or more; then it ends where it was last seen)."""
+    odd = [s for s in found if [x["state"] for x in s["states"]] != (CLIENT if s["role"] == "active" else SERVER)]
+    assert len(odd) <= skipped, \
+        f"lives of another sequence, {skipped} transitions not run: {odd}; the daemon's log:\n{log}"
+    return odd
+
+
 def test_twenty_connections_stored_in_the_kernels_order_and_kept_across_a_restart(live_host, tmp_path):
     port = traffic.quiet_port()
     daemon = start_daemon(tmp_path)
@@ -27,15 +43,14 @@ def test_twenty_connections_stored_in_the_kernels_order_and_kept_across_a_restar
         deadline = time.monotonic() + 10
         while len(found := sockets(daemon.url, port)) < 40 and time.monotonic() < deadline:
             time.sleep(0.25)
+        skipped = not_run(daemon)
     finally:
         assert stop_daemon(daemon) == 0, daemon.log.read_text()
     by_role = {role: [s for s in found if s["role"] == role] for role in ("active", "passive")}
     assert len(found) == 40 and {r: len(v) for r, v in by_role.items()} == {"active": 20, "passive": 20}
-    odd = [s for role, want in (("active", CLIENT), ("passive", SERVER))
-           for s in by_role[role] if [x["state"] for x in s["states"]] != want]
-    assert not odd, f"lives of another sequence: {odd}; the daemon's log:\n{daemon.log.read_text()}"
-    assert all(s["open"] for s in by_role["active"]), "still in TIME_WAIT"
-    assert not any(s["open"] for s in by_role["passive"])
+    odd = exact_but_for_kernel_skips(found, skipped, daemon.log.read_text())
+    assert all(s["open"] for s in by_role["active"] if s not in odd), "still in TIME_WAIT"
+    assert not any(s["open"] for s in by_role["passive"] if s not in odd)
     # The same records after a restart (the open ones are marked ended by the restart).
     again = start_daemon(tmp_path)
     try:
@@ -43,12 +58,12 @@ def test_twenty_connections_stored_in_the_kernels_order_and_kept_across_a_restar
     finally:
         assert stop_daemon(again) == 0, again.log.read_text()
     assert sorted(s["id"] for s in after) == sorted(s["id"] for s in found)
-    assert all([x["state"] for x in s["states"]] == CLIENT for s in after if s["role"] == "active")
+    kept = {s["id"]: s["states"] for s in found}
+    assert all([x["state"] for x in s["states"]] == [x["state"] for x in kept[s["id"]]] for s in after)
 
 
 def test_the_page_shows_the_daemons_sockets_in_chromium(live_host, tmp_path, record_property):
-    """The page draws what the API serves, life by life (the lives themselves are checked
-    against the kernel's sequences above)."""
+    """The page draws what the API serves, life by life, and those are the kernel's sequences."""
     from tests.live.browser import chromium, wait_for
 
     port = traffic.quiet_port()
@@ -74,8 +89,9 @@ def test_the_page_shows_the_daemons_sockets_in_chromium(live_host, tmp_path, rec
             print(f"timeline screenshot against the daemon: {shot}")
         status, body = http_get(f"{daemon.url}/api/v1/sockets?port={port}&limit=1000")
         assert status == 200, body
-        served = {str(s["id"]): [x["state"] for x in s["states"]] for s in json.loads(body)["sockets"]}
+        lives = json.loads(body)["sockets"]
+        skipped = not_run(daemon)
     finally:
         assert stop_daemon(daemon) == 0, daemon.log.read_text()
-    assert len(rows) == 41 and dict(rows) == served
-    assert sorted(map(len, served.values())) == [1] + [len(SERVER)] * 20 + [len(CLIENT)] * 20
+    assert len(rows) == 41 and dict(rows) == {str(s["id"]): [x["state"] for x in s["states"]] for s in lives}
+    exact_but_for_kernel_skips([s for s in lives if s["role"] != "listener"], skipped, daemon.log.read_text())
