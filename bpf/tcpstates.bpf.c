@@ -74,6 +74,11 @@ struct portinfo {
 };
 
 BPF_RINGBUF_OUTPUT(events, TCPSTATE_RINGBUF_PAGES);
+/* Not preallocated (its capacity would be 40 MB of kernel memory). Its allocator
+ * refills and drains through an irq_work, whose interrupt lets the softirq that
+ * follows run transitions the kernel then skips the program for (counted in
+ * program misses): measured here, about one in 200,000 updates and deletes from
+ * user space during full churn. Young sockets, most of them, never touch it. */
 BPF_F_TABLE("hash", u64, struct sockinfo, socks, TCPSTATE_MAX_SOCKS, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", u32, struct portinfo, ports, 65536, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("percpu_hash", struct tcpstate_count_key, u64, counts, TCPSTATE_MAX_COUNTS, 0);
