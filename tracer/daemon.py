@@ -137,6 +137,10 @@ class Housekeeper:
     # is sooner: most connections end within seconds, and are then written once.
     SETTLE_NS = 2_000_000_000
     WRITE_CHUNK = 16_384
+    # A round of writing ends after this long (unless final): lives may arrive faster
+    # than the store takes them, and the scan, the reconcile and the counters must not
+    # wait for the timeline to catch up.
+    WRITE_ROUND_S = 0.5
     # The ring buffer this full: the timeline writes one chunk a round, so that the
     # event reader catches up before records are lost.
     BEHIND_FILL = 0.25
@@ -253,12 +257,12 @@ class Housekeeper:
         """Writes the socket lives that changed to the store, WRITE_CHUNK at a time (one
         transaction each): all of them when ``final``; else those ended or open for
         SETTLE_NS, and after the first chunk only while the event reader is not at risk
-        of losing events (``behind``: the ring buffer a quarter full); nothing while it
-        is busy (taking in BUSY_EVENTS_PER_S) and less than half of the lives that may
-        wait are waiting. The
-        reader comes first: it shares the interpreter with this thread, and what it
-        falls behind on is lost for the metrics too, where a life left for the next
-        round is at worst dropped from the timeline (and counted)."""
+        of losing events (``behind``: the ring buffer a quarter full) and for at most
+        WRITE_ROUND_S; nothing while it is busy (taking in BUSY_EVENTS_PER_S) and less
+        than half of the lives that may wait are waiting. The reader comes first: it
+        shares the interpreter with this thread, and what it falls behind on is lost
+        for the metrics too, where a life left for the next round is at worst dropped
+        from the timeline (and counted)."""
         if self.store is None:
             return 0
         from tracer.store import StoreError
@@ -272,6 +276,7 @@ class Housekeeper:
             return 0
         born_before = None if final else now - self.SETTLE_NS
         offset, written, failure = self.clock.offset_ns(), 0, None
+        round_ends = time.monotonic() + self.WRITE_ROUND_S
         while records := self.tracker.drain_raw(born_before, self.WRITE_CHUNK):
             try:
                 self.store.write_raw(records, offset)
@@ -279,7 +284,7 @@ class Housekeeper:
             except StoreError as exc:  # the store counts them as dropped
                 self.timeline_not_written += len(records)
                 failure = exc
-            if len(records) < self.WRITE_CHUNK or (not final and self.behind()):
+            if len(records) < self.WRITE_CHUNK or (not final and (self.behind() or time.monotonic() > round_ends)):
                 break
         if not written and failure is None:
             return 0  # nothing was waiting

@@ -70,6 +70,26 @@ def test_a_reader_falling_behind_leaves_the_rest_for_the_next_round(tmp_path):
     assert tracker.stats().lifecycles_dropped == 0
 
 
+def test_a_round_of_writing_ends_in_time_however_much_waits(tmp_path, monkeypatch):
+    """Lives may come faster than the store takes them: a round stops after WRITE_ROUND_S,
+    so that the housekeeper's other work (scan, reconcile, counters) goes on."""
+    tracker, clock = churned(3)
+    store = SqliteStore(tmp_path / "t.db", 86400, 1 << 30)
+    hk = housekeeper(tracker, clock, store, behind=False)
+    now = [0.0]
+
+    def monotonic() -> float:
+        now[0] += 0.2  # each chunk takes a fifth of a second
+        return now[0]
+
+    monkeypatch.setattr("tracer.daemon.time.monotonic", monotonic)
+    rounds = [hk.flush_timeline() for _ in range(3)]
+    assert 4 <= rounds[0] < 21 and sum(rounds) == 21, rounds
+    assert hk.timeline_written == 21 and store.stats()["rows"] == 21
+    assert housekeeper(*churned(3), SqliteStore(tmp_path / "u.db", 86400, 1 << 30),
+                       behind=False).flush_timeline(final=True) == 21, "the last one writes everything"
+
+
 def test_the_last_flush_writes_everything_however_far_behind(tmp_path):
     tracker, clock = churned(3)
     store = SqliteStore(tmp_path / "t.db", 86400, 1 << 30)
