@@ -89,8 +89,10 @@ class Pipeline:
                 if batch:
                     self.lag_s = max(0, now - sent_ns(batch[0])) / 1e9
                     apply(batch)
+                    tracker.seen_until_ns = sent_ns(batch[-1])
                 else:
                     self.lag_s = 0.0
+                    tracker.seen_until_ns = now  # everything sent has been applied
                 if sweep is not None:
                     taken = sweep()
                     if taken:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import deque
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 from itertools import count
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -258,6 +258,10 @@ class Tracker:
         # (service port, reason) -> connect() attempts that ended in SYN_SENT -> CLOSE.
         self.connect_failures: dict[tuple[int, str], int] = {}
         self.events = 0
+        # The kernel's clock up to which the reader has applied what the program sent
+        # (0: not known; the daemon's event reader keeps it). The kernel's socket table
+        # is judged only that far, less a grace: beyond, the model may not know yet.
+        self.seen_until_ns = 0
         self.evicted = 0
         self.timewait_now = 0  # live TIME_WAIT entries (cancelled ones excluded)
         self.timewait_entered = 0
@@ -522,8 +526,12 @@ class Tracker:
     def _extend(self, entry: SocketEntry, expires_ns: int) -> None:
         """The kernel's timer ends this TIME_WAIT, at ``expires_ns``."""
         entry.expires_ns = expires_ns
-        self._extended[entry.conn] = entry
-        heappush(self._extended_ends, (expires_ns, next(self._tie), entry))
+        extended, ends = self._extended, self._extended_ends
+        extended[entry.conn] = entry
+        heappush(ends, (expires_ns, next(self._tie), entry))
+        if len(ends) > 2 * len(extended) + _FIFO_SLACK:  # ends that no longer hold keep their entries
+            self._extended_ends = [(e.expires_ns, next(self._tie), e) for e in extended.values()]
+            heapify(self._extended_ends)
 
     def _insert(self, entry: SocketEntry) -> None:
         sockets = self.sockets
@@ -712,7 +720,9 @@ class Tracker:
         Returns (TIME_WAITs removed, TIME_WAITs added).
         """
         removed = added = 0
-        horizon = dumped_at_ns - grace_ns
+        # A reader running behind has not applied the latest closes: a connection that
+        # reused a TIME_WAIT's ports shows in the table as that TIME_WAIT re-armed.
+        horizon = min(dumped_at_ns, self.seen_until_ns or dumped_at_ns) - grace_ns
         ending = dumped_at_ns - self.timewait_ns + grace_ns
         with self.lock:
             for conn, entry in list(self._timewait_by_conn.items()):
@@ -724,7 +734,8 @@ class Tracker:
                     continue
                 entry.netns = k.netns
                 model_left = (entry.expires_ns or entry.since_ns + self.timewait_ns) - dumped_at_ns
-                if k.expires_ns > model_left + _REARM_SLACK_NS:
+                began = dumped_at_ns - max(0, self.timewait_ns - k.expires_ns)  # or was last re-armed
+                if k.expires_ns > model_left + _REARM_SLACK_NS and began < horizon:
                     if not entry.expires_ns:
                         self.timewait_rearmed += 1
                     self._extend(entry, dumped_at_ns + k.expires_ns)
