@@ -20,37 +20,55 @@ def sockets(url: str, port: int) -> list[dict]:
     return [s for s in json.loads(body)["sockets"] if s["role"] != "listener"]
 
 
-def not_run(daemon) -> int:
-    """Transitions the kernel did not run the daemon's program for (it was already running
-    on that CPU): no tracepoint program can take them in."""
-    return int(sum(samples(daemon.metrics(), "tcpstate_events_lost_total", reason="program_not_run").values()))
+def unseen(daemon) -> int:
+    """What the daemon counts of the kernel's transitions it could not see: those the kernel
+    did not run the program for (it was already running on that CPU), and sockets it ended
+    because the kernel had freed them without reporting their end (found at the next birth
+    at the address or the next read of the kernel's table; see the README on sockets freed
+    in FIN_WAIT1)."""
+    text = daemon.metrics()
+    return int(sum(samples(text, "tcpstate_events_lost_total", reason="program_not_run").values())
+               + sum(samples(text, "tcpstate_socket_corrections_total", reason="gone").values()))
 
 
-def exact_but_for_kernel_skips(found: list[dict], skipped: int, log: str) -> list[dict]:
-    """The lives that are not the kernel's sequence, each of which a skipped transition must
-    explain (a life loses one or more; then it ends where it was last seen)."""
-    odd = [s for s in found if [x["state"] for x in s["states"]] != (CLIENT if s["role"] == "active" else SERVER)]
-    assert len(odd) <= skipped, \
-        f"lives of another sequence, {skipped} transitions not run: {odd}; the daemon's log:\n{log}"
-    return odd
+def odd(lives: list[dict]) -> list[dict]:
+    """The lives that are not the kernel's sequence for their role."""
+    return [s for s in lives if [x["state"] for x in s["states"]] != (CLIENT if s["role"] == "active" else SERVER)]
+
+
+def settled(daemon, port: int) -> tuple[list[dict], int]:
+    """The port's 40 lives once stored, and what the daemon counts as unseen: waits (10 s at
+    most) until every life cut short is accounted for, since a socket the kernel freed
+    unreported is found only later."""
+    deadline = time.monotonic() + 10
+    while True:
+        found, missed = sockets(daemon.url, port), unseen(daemon)
+        if len(found) >= 40 and len(odd(found)) <= missed or time.monotonic() > deadline:
+            return found, missed
+        time.sleep(0.25)
+
+
+def exact_but_for_the_unseen(found: list[dict], missed: int, log: str) -> list[dict]:
+    """Each life that is not the kernel's sequence must be one the daemon counted as unseen
+    (such a life ends where it was last seen)."""
+    cut = odd(found)
+    assert len(cut) <= missed, f"lives of another sequence, {missed} counted as unseen: {cut}; the daemon's log:\n{log}"
+    return cut
 
 
 def test_twenty_connections_stored_in_the_kernels_order_and_kept_across_a_restart(live_host, tmp_path):
     port = traffic.quiet_port()
-    daemon = start_daemon(tmp_path)
+    daemon = start_daemon(tmp_path, "--timewait-reconcile-seconds", "1")
     try:
         traffic.client_closed(port, 20)
-        deadline = time.monotonic() + 10
-        while len(found := sockets(daemon.url, port)) < 40 and time.monotonic() < deadline:
-            time.sleep(0.25)
-        skipped = not_run(daemon)
+        found, missed = settled(daemon, port)
     finally:
         assert stop_daemon(daemon) == 0, daemon.log.read_text()
     by_role = {role: [s for s in found if s["role"] == role] for role in ("active", "passive")}
     assert len(found) == 40 and {r: len(v) for r, v in by_role.items()} == {"active": 20, "passive": 20}
-    odd = exact_but_for_kernel_skips(found, skipped, daemon.log.read_text())
-    assert all(s["open"] for s in by_role["active"] if s not in odd), "still in TIME_WAIT"
-    assert not any(s["open"] for s in by_role["passive"] if s not in odd)
+    cut = exact_but_for_the_unseen(found, missed, daemon.log.read_text())
+    assert all(s["open"] for s in by_role["active"] if s not in cut), "still in TIME_WAIT"
+    assert not any(s["open"] for s in by_role["passive"] if s not in cut)
     # The same records after a restart (the open ones are marked ended by the restart).
     again = start_daemon(tmp_path)
     try:
@@ -67,12 +85,10 @@ def test_the_page_shows_the_daemons_sockets_in_chromium(live_host, tmp_path, rec
     from tests.live.browser import chromium, wait_for
 
     port = traffic.quiet_port()
-    daemon = start_daemon(tmp_path)
+    daemon = start_daemon(tmp_path, "--timewait-reconcile-seconds", "1")
     try:
         traffic.client_closed(port, 20)
-        deadline = time.monotonic() + 10
-        while len(sockets(daemon.url, port)) < 40 and time.monotonic() < deadline:
-            time.sleep(0.25)
+        settled(daemon, port)
         with chromium(tmp_path) as driver:
             driver.get(f"{daemon.url}/?port={port}&live=0")
             # 40 connection ends and the listener.
@@ -90,8 +106,8 @@ def test_the_page_shows_the_daemons_sockets_in_chromium(live_host, tmp_path, rec
         status, body = http_get(f"{daemon.url}/api/v1/sockets?port={port}&limit=1000")
         assert status == 200, body
         lives = json.loads(body)["sockets"]
-        skipped = not_run(daemon)
+        missed = unseen(daemon)
     finally:
         assert stop_daemon(daemon) == 0, daemon.log.read_text()
     assert len(rows) == 41 and dict(rows) == {str(s["id"]): [x["state"] for x in s["states"]] for s in lives}
-    exact_but_for_kernel_skips([s for s in lives if s["role"] != "listener"], skipped, daemon.log.read_text())
+    exact_but_for_the_unseen([s for s in lives if s["role"] != "listener"], missed, daemon.log.read_text())
