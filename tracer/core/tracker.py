@@ -15,10 +15,10 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import deque
-from heapq import heapify, heappop, heappush
-from itertools import count
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from heapq import heapify, heappop, heappush
+from itertools import count
 
 from tracer.core.detector import WATCHED, Report, Rules, Stuck
 from tracer.core.lifecycle import Lifecycle, RawLife, from_raw, pack_ended, pack_spans, unpack_ended
