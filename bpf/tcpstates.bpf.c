@@ -265,14 +265,28 @@ static __always_inline int start_life(u64 sk, struct sockinfo *si, u8 oldstate, 
 	return 1;
 }
 
-/* Who a socket is, from its life: a young socket has no entry in `socks`. */
-static __always_inline void from_life(struct sockinfo *si, const struct tcpstate_event *p)
+/* Who a socket not being born is: from its life `p` (a young socket has no entry
+ * in `socks`), else from `socks`, else inferred into `fresh` (then *inferred = 1). */
+static __always_inline struct sockinfo *identify(u64 sk, const struct tcpstate_event *p,
+						 struct sockinfo *fresh, u16 sport, u16 dport,
+						 int *inferred)
 {
-	si->pid = p->pid;
-	si->service_port = p->service_port;
-	si->role = p->role;
-	si->flags = p->flags;
-	__builtin_memcpy(si->comm, p->comm, sizeof(si->comm));
+	struct sockinfo *si;
+
+	if (p) {
+		fresh->pid = p->pid;
+		fresh->service_port = p->service_port;
+		fresh->role = p->role;
+		fresh->flags = p->flags;
+		__builtin_memcpy(fresh->comm, p->comm, sizeof(fresh->comm));
+		return fresh;
+	}
+	si = socks.lookup(&sk);
+	if (si)
+		return si;
+	infer(fresh, sport, dport);
+	*inferred = 1;
+	return fresh;
 }
 
 /* Adds a transition or reset to the socket's life `p` (the caller's lookup); a
@@ -346,7 +360,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	struct sockinfo fresh = {};
 	struct sockinfo *si = 0;
 	struct tcpstate_event *life = 0;
-	int store = 0, born = 0;
+	int store = 0, born = 0, inferred = 0;
 
 	if (oldstate == ST_CLOSE && newstate == ST_SYN_SENT) {
 		si = &fresh;
@@ -383,13 +397,10 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 			pi->pid = si->pid;
 			__builtin_memcpy(pi->comm, si->comm, sizeof(pi->comm));
 		}
-	} else if ((life = lives.lookup(&sk))) {
-		si = &fresh;
-		from_life(si, life);
-	} else if (!(si = socks.lookup(&sk))) {
-		si = &fresh;
-		infer(si, sport, dport);
-		store = newstate != ST_CLOSE;
+	} else {
+		life = lives.lookup(&sk);
+		si = identify(sk, life, &fresh, sport, dport, &inferred);
+		store = inferred && newstate != ST_CLOSE;
 	}
 	/* close() or shutdown() by the socket's owner runs in process context:
 	 * the first moment the owner of an accepted socket is known for sure. */
@@ -446,16 +457,10 @@ static __always_inline void reset_event(u64 sk, u8 kind, u8 state, u16 sport, u1
 					const void *s6, const void *d6)
 {
 	struct sockinfo fresh = {};
-	struct sockinfo *si = 0;
 	struct tcpstate_event *life = lives.lookup(&sk);
+	int inferred = 0;
+	struct sockinfo *si = identify(sk, life, &fresh, sport, dport, &inferred);
 
-	if (life) {
-		si = &fresh;
-		from_life(si, life);
-	} else if (!(si = socks.lookup(&sk))) {
-		si = &fresh;
-		infer(si, sport, dport);
-	}
 	count(si->service_port, kind, state, state);
 	if (append(life, sk, si, kind, state, sport, dport, family, s4, d4, s6, d6))
 		return;

@@ -697,13 +697,17 @@ class Tracker:
     def _add_kernel_timewait(self, k: KernelSocketInfo, now_ns: int, role: int, port: int) -> SocketEntry:
         # Without a re-arm the TIME_WAIT began (length - time left) ago; that is a
         # lower bound of its age, hence age_known stays False.
-        since = now_ns - max(0, self.timewait_ns - k.expires_ns)
+        since = self._kernel_began(k, now_ns)
         entry = _entry_from_kernel(k, since, role, port)
         entry.uid = self._take_uid()
         entry.expires_ns = now_ns + k.expires_ns
         self._enter_timewait(entry)
         self._extend(entry, entry.expires_ns)
         return entry
+
+    def _kernel_began(self, k: KernelSocketInfo, at_ns: int) -> int:
+        """When a TIME_WAIT the kernel's table showed at ``at_ns`` began, or was last re-armed."""
+        return at_ns - max(0, self.timewait_ns - k.expires_ns)
 
     def reconcile(self, kernel: Mapping[Conn, KernelSocketInfo], dumped_at_ns: int,
                   grace_ns: int) -> tuple[int, int]:
@@ -734,14 +738,14 @@ class Tracker:
                     continue
                 entry.netns = k.netns
                 model_left = (entry.expires_ns or entry.since_ns + self.timewait_ns) - dumped_at_ns
-                began = dumped_at_ns - max(0, self.timewait_ns - k.expires_ns)  # or was last re-armed
+                began = self._kernel_began(k, dumped_at_ns)  # or was last re-armed
                 if k.expires_ns > model_left + _REARM_SLACK_NS and began < horizon:
                     if not entry.expires_ns:
                         self.timewait_rearmed += 1
                     self._extend(entry, dumped_at_ns + k.expires_ns)
             for conn, k in kernel.items():
                 if k.state == _TIME_WAIT and conn not in self._timewait_by_conn:
-                    since = dumped_at_ns - max(0, self.timewait_ns - k.expires_ns)
+                    since = self._kernel_began(k, dumped_at_ns)
                     if since < horizon:
                         self._add_kernel_timewait(k, dumped_at_ns, Role.UNKNOWN.value, conn[3])
                         added += 1
