@@ -77,6 +77,7 @@ class Soak:
     seconds: float
     connections: int
     rss_mb: list[float] = field(default_factory=list)  # one sample a load interval
+    lost_by_interval: list[int] = field(default_factory=list)  # events lost in each interval
     lost: int = 0
     # The timeline under sustained churn: sockets written, and dropped while waiting for the store.
     timeline_written: int = 0
@@ -128,6 +129,11 @@ def _sum(metrics: dict[str, float], prefix: str, ports: list[int] | None = None)
             if ports is None or any(f'port="{p}"' in name for p in ports):
                 total += value
     return int(total)
+
+
+def _lost_by_reason(metrics: dict[str, float]) -> dict[str, int]:
+    return {name.split('reason="')[1].split('"')[0]: int(value) for name, value in metrics.items()
+            if name.startswith("tcpstate_events_lost_total{") and 'reason="' in name}
 
 
 class Namespace:
@@ -440,12 +446,20 @@ class Bench:
         result = Soak(seconds, 0)
         try:
             before = d.metrics()
+            lost_so_far = _lost_by_reason(before)
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 load = self.churn(min(interval_s, max(1.0, end - time.monotonic())))
                 result.connections += load["connections"]
                 result.rss_mb.append(_status_mb(d.proc.pid, "VmRSS"))
-                self.log(f"  soak: {result.connections:,} connections, RSS {result.rss_mb[-1]:.0f} MB")
+                lost = _lost_by_reason(d.metrics())
+                new = {reason: n - lost_so_far.get(reason, 0) for reason, n in lost.items()
+                       if n > lost_so_far.get(reason, 0)}
+                result.lost_by_interval.append(sum(new.values()))
+                lost_so_far = lost
+                self.log(f"  soak: {result.connections:,} connections, RSS {result.rss_mb[-1]:.0f} MB, "
+                         f"{result.lost_by_interval[-1]:,} events lost"
+                         + "".join(f", {n:,} {reason}" for reason, n in sorted(new.items())))
             after = d.settle()
             result.lost = _sum(after, "tcpstate_events_lost_total") - _sum(before, "tcpstate_events_lost_total")
             result.timeline_written = int(_sum(after, "tcpstate_timeline_records_written_total")

@@ -81,3 +81,10 @@ def test_bad_flags_are_one_line_errors() -> None:
         assert done.returncode == 2, flags
         assert "Traceback" not in done.stderr
         assert done.stderr.strip().splitlines()[-1].startswith("usage:") is False
+
+
+def test_losses_are_split_by_reason() -> None:
+    metrics = {'tcpstate_events_lost_total{reason="ring_buffer_full"}': 3.0,
+               'tcpstate_events_lost_total{reason="program_not_run"}': 0.0,
+               'tcpstate_events_received_total': 9.0}
+    assert bench._lost_by_reason(metrics) == {"ring_buffer_full": 3, "program_not_run": 0}
