@@ -71,8 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="can this host run the daemon? one line per problem",
                            description="Preflight: privileges, bcc, tracefs, tracepoints, kernel headers, "
-                                       "and a real load of the BPF program.")
+                                       "a real load of the BPF program, and a probe for threads whose "
+                                       "softirq work the kernel runs no BPF program for.")
     check.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML configuration file")
+    check.add_argument("--probe-seconds", type=_count(0), default=5, metavar="N",
+                       help="how long to watch softirq work for threads BPF cannot see; 0 skips it (default 5)")
 
     bench = sub.add_parser(
         "bench", help="loopback churn: untraced vs the daemon (vs bcc tcpstates), what each kept",
@@ -267,14 +270,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     from tracer import preflight
 
-    results = preflight.run_checks(cache_dir=cfg.cache_dir)
+    results = preflight.run_checks(cache_dir=cfg.cache_dir, probe_s=args.probe_seconds)
     for r in results:
-        print(f"{'ok' if r.ok else 'FAIL':<5}{r.name:<12} {r.message}")
+        print(f"{('warn' if r.warn else 'ok') if r.ok else 'FAIL':<5}{r.name:<12} {r.message}")
     failed = [r for r in results if not r.ok]
     if failed:
         print(f"{PROG}: {len(failed)} problem(s): this host cannot run the daemon yet", file=sys.stderr)
         return 1
-    print("this host can run tcpstate-tracer")
+    warned = [r.name for r in results if r.warn]
+    print("this host can run tcpstate-tracer" + (f" (see the warning: {', '.join(warned)})" if warned else ""))
     return 0
 
 

@@ -50,14 +50,15 @@ _DEFAULT_PROGRAM_HINT = "read BCC's output above and report it with `uname -r`"
 
 @dataclass(frozen=True)
 class CheckResult:
-    name: str  # short id: privileges, bcc, tracefs, tracepoints, headers, program
+    name: str  # short id: privileges, bcc, tracefs, tracepoints, headers, program, blindspots
     ok: bool
     message: str  # ok: what was found; not ok: one line saying what failed, why, what to do
+    warn: bool = False  # ok, the daemon runs, but it will not see everything
 
 
-def _result(name: str, ok: bool, message: str) -> CheckResult:
+def _result(name: str, ok: bool, message: str, warn: bool = False) -> CheckResult:
     """Folds multi-line errors (BCC, cp) so every message stays one line."""
-    return CheckResult(name, ok, " ".join(message.split()))
+    return CheckResult(name, ok, " ".join(message.split()), warn)
 
 
 def _read_text(path: Path) -> str | None:
@@ -266,11 +267,26 @@ def check_program() -> CheckResult:
                    f"compiled, loaded and attached the program to its tracepoints in {elapsed:.2f} s")
 
 
-def run_checks(cache_dir: Path, tracefs_root: Path | None = None, load_program: bool = True) -> list[CheckResult]:
-    """Every check in order: privileges, bcc, tracefs, tracepoints, headers, program.
+def check_blindspots(seconds: float, root: Path | None) -> CheckResult:
+    """Threads whose softirq work the kernel runs no BPF program for (a warning: the
+    daemon runs, but transitions processed there are invisible to it)."""
+    from tracer import blindspots  # noqa: PLC0415 (imports bcc lazily)
 
-    tracepoints runs only when tracefs was found, and program only when asked and
-    every check before it passed; the others always run.
+    try:
+        threads = blindspots.probe(seconds, root).blind
+    except blindspots.ProbeError as exc:
+        return _result("blindspots", True, f"not probed: {exc}", warn=True)
+    return _result("blindspots", True, blindspots.describe(threads, seconds), warn=bool(threads))
+
+
+def run_checks(cache_dir: Path, tracefs_root: Path | None = None, load_program: bool = True,
+               probe_s: float = 0.0) -> list[CheckResult]:
+    """Every check in order: privileges, bcc, tracefs, tracepoints, headers, program,
+    blindspots.
+
+    tracepoints runs only when tracefs was found; program only when asked and every
+    check before it passed; blindspots (``probe_s`` seconds) only when asked and the
+    program loaded. The others always run.
     """
     euid = os.geteuid()
     capeff = effective_capabilities(_read_text(PROC_STATUS))
@@ -283,4 +299,6 @@ def run_checks(cache_dir: Path, tracefs_root: Path | None = None, load_program: 
     results.append(check_headers(cache_dir))
     if load_program and root is not None and all(r.ok for r in results):
         results.append(check_program())
+        if probe_s > 0 and results[-1].ok:
+            results.append(check_blindspots(probe_s, root))
     return results

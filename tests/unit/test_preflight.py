@@ -318,9 +318,13 @@ def test_run_checks_reports_independent_problems_and_skips_dependent_ones(
     monkeypatch.setattr(preflight, "check_tracepoints", stub("tracepoints"))
     monkeypatch.setattr(preflight, "check_headers", stub("headers"))
     monkeypatch.setattr(preflight, "check_program", stub("program"))
+    monkeypatch.setattr(preflight, "check_blindspots", lambda seconds, root: CheckResult("blindspots", True, "", True))
     results = preflight.run_checks(tmp_path / "cache", load_program=load_program)
     assert [r.name for r in results] == expected
     assert [r.name for r in results if not r.ok] == list(failing)
+    # The probe for blind threads runs only when asked, after the program loaded.
+    probed = preflight.run_checks(tmp_path / "cache", load_program=load_program, probe_s=1)
+    assert [r.name for r in probed] == expected + (["blindspots"] if expected[-1:] == ["program"] else [])
 
 
 def test_run_checks_on_an_empty_tracefs_root_names_the_missing_tracepoints(
