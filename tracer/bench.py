@@ -54,6 +54,9 @@ class Run:
     delivered: int | None = None  # reached the tracer's user space (the whole host's events)
     stored: int | None = None  # in the daemon's timeline (bench ports)
     lost: int | None = None  # reported lost by the tracer
+    # Lives the daemon found ended without seeing their end (a new socket at their address, or
+    # absent from the kernel's table): what a blind thread (tracer.blindspots) leaves behind.
+    gone: int | None = None
     cpu_s: float | None = None
     peak_rss_mb: float | None = None
     ready_s: float | None = None
@@ -386,6 +389,8 @@ class Bench:
                        - _sum(before, "tcpstate_transitions_total", self.ports))
         run.delivered = int(after["tcpstate_events_received_total"] - before["tcpstate_events_received_total"])
         run.lost = _sum(after, "tcpstate_events_lost_total") - _sum(before, "tcpstate_events_lost_total")
+        gone = 'tcpstate_socket_corrections_total{reason="gone"}'
+        run.gone = _sum(after, gone) - _sum(before, gone)
         run.stored = stored_transitions(d.db, self.ports, load_start)
         run.cpu_s, run.peak_rss_mb, run.ready_s = cpu, peak, d.ready_s
         return run
@@ -501,6 +506,7 @@ def table(runs: list[Run]) -> str:
             _fmt(r.generated) if a == "generated" else share(r, getattr(r, a))
             for r in by[s])))
     rows += [("events reported lost", lambda s: "; ".join(_fmt(r.lost) for r in by[s])),
+             ("lives found ended unseen", lambda s: "; ".join(_fmt(r.gone) for r in by[s])),
              ("tracer CPU s (load + catch-up)", lambda s: _fmt(_median([r.cpu_s for r in by[s]]), ".1f")),
              ("tracer peak RSS MB", lambda s: _fmt(_median([r.peak_rss_mb for r in by[s]]))),
              ("time to ready s", lambda s: _fmt(_median([r.ready_s for r in by[s]]), ".2f"))]
@@ -535,7 +541,8 @@ def targets(runs: list[Run], hold: Hold | None, soak: Soak | None) -> Targets:
     t.add("throughput >= 95% of untraced", ratio >= 0.95, f"{ratio:.1%}")
     exact = all(r.counted == r.generated and r.stored == r.generated and r.lost == 0 for r in daemon)
     t.add("nothing lost: counted = stored = generated, 0 lost", exact,
-          "; ".join(f"{r.generated - (r.stored or 0):,} not stored, {r.lost:,} lost" for r in daemon))
+          "; ".join(f"{r.generated - (r.stored or 0):,} not stored, {r.lost:,} lost"
+                    + (f", {r.gone:,} lives found ended unseen" if r.gone else "") for r in daemon))
     ready = max(r.ready_s for r in daemon)
     t.add("ready within 2 s", ready < 2, f"{ready:.2f} s at most")
     if hold:
@@ -547,6 +554,22 @@ def targets(runs: list[Run], hold: Hold | None, soak: Soak | None) -> Targets:
         t.add(f"memory flat over {soak.seconds / 60:.0f} min of churn", last <= first * 1.1,
               f"RSS {first:.0f} MB in the first third, {last:.0f} MB in the last")
     return t
+
+
+BLIND_PROBE_S = 5.0
+
+
+def probe_blind_spots() -> str:
+    """tracer.blindspots: threads on top of which the kernel runs no BPF program. A
+    transition processed there is missed by the daemon and by tcpstates alike, and no
+    counter says so: the reason a run can miss "nothing lost" by a transition or two."""
+    from tracer import blindspots, headers
+
+    try:
+        headers.prepare()
+        return blindspots.describe(blindspots.probe(BLIND_PROBE_S).blind, BLIND_PROBE_S)
+    except (blindspots.ProbeError, headers.HeadersError) as exc:
+        return f"not probed: {exc}"
 
 
 def main(seconds: float, rounds: int, threads: int, compare: bool, hold: int, soak: float,
@@ -563,6 +586,8 @@ def main(seconds: float, rounds: int, threads: int, compare: bool, hold: int, so
         print(f"tcpstate-tracer bench: {rounds} rounds of {seconds:g} s of loopback churn, {threads} "
               f"connection(s) at a time, in namespace {ns.name}; setups alternate: {', '.join(setups)}",
               file=sys.stderr, flush=True)
+        blind_spots = probe_blind_spots()
+        print(f"blind spots ({BLIND_PROBE_S:g} s probe): {blind_spots}", file=sys.stderr, flush=True)
         runs: list[Run] = []
         for i in range(rounds):
             for setup in setups:
@@ -595,6 +620,8 @@ def main(seconds: float, rounds: int, threads: int, compare: bool, hold: int, so
         print(f"\nsoak: {soaked.connections:,} connections in {soaked.seconds:g} s; daemon RSS every interval (MB): "
               + " ".join(f"{v:.0f}" for v in soaked.rss_mb) + f"; {soaked.lost:,} events lost; timeline: "
               f"{soaked.timeline_written:,} lives written, {soaked.timeline_dropped:,} dropped waiting for the store")
+    print(f"\nthreads whose softirq work no BPF program sees ({BLIND_PROBE_S:g} s probe before the runs): "
+          f"{blind_spots}")
     result = targets(runs, held, soaked)
     result.checks += failures
     print("\ntargets:")
@@ -604,5 +631,6 @@ def main(seconds: float, rounds: int, threads: int, compare: bool, hold: int, so
         json_out.write_text(json.dumps({
             "runs": [asdict(r) | {"rate": r.rate} for r in runs],
             "hold": asdict(held) if held else None, "soak": asdict(soaked) if soaked else None,
+            "blind_spots": blind_spots,
             "targets": [{"name": n, "met": ok, "detail": d} for n, ok, d in result.checks]}, indent=1))
     return 0 if result.met else 3

@@ -45,7 +45,7 @@ def runs(daemon_rate: float = 28_000, lost: int = 0, stored_short: int = 0) -> l
     for rate in (29_000, 28_800, 29_200):
         out.append(Run("untraced", int(rate * 10), 10.0, int(rate * 100) + 4))
         d = Run("daemon", int(daemon_rate * 10), 10.0, int(daemon_rate * 100) + 4)
-        d.counted, d.delivered, d.lost = d.generated, d.generated + 12, lost
+        d.counted, d.delivered, d.lost, d.gone = d.generated, d.generated + 12, lost, 0
         d.stored = d.generated - stored_short
         d.cpu_s, d.peak_rss_mb, d.ready_s = 9.5, 400.0, 0.6
         out.append(d)
@@ -69,7 +69,7 @@ def test_table_has_every_figure_per_setup() -> None:
     labels = [line.split("|")[1].strip() for line in lines[2:]]
     assert labels == ["connections/s", "share of untraced", "transitions generated", "counted in the kernel",
                       "delivered to user space (host)", "stored in the timeline", "events reported lost",
-                      "tracer CPU s (load + catch-up)", "tracer peak RSS MB", "time to ready s"]
+                      "lives found ended unseen", "tracer CPU s (load + catch-up)", "tracer peak RSS MB", "time to ready s"]
     assert "96.6%" in lines[3]  # 28,000 / 29,000
     assert "(100.0%)" in lines[5]
 
