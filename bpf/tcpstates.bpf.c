@@ -246,9 +246,10 @@ static __always_inline int start_life(u64 sk, struct sockinfo *si, u8 oldstate, 
 	struct tcpstate_event *p = lives.lookup(&sk);
 
 	if (p) {
-		/* A life still open at this address: the kernel freed that socket without
-		 * reporting its end (measured here: a client in FIN_WAIT1, one in about a
-		 * million at full churn). What it did report goes out, still open. */
+		/* A life still open at this address: the program never ran for that socket's
+		 * end (measured here: a client's FIN_WAIT2 and CLOSE processed on top of a
+		 * thread the kernel runs no BPF program for, see tracer/blindspots.py; about
+		 * one in 700,000 at full churn). What it saw goes out, still open. */
 		__builtin_memcpy(&life, p, sizeof(life));
 		if (!lives.delete(&sk)) {
 			emit(&life);
