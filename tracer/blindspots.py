@@ -2,10 +2,11 @@
 
 TCP state changes caused by arriving segments run in softirq context, on top of
 whichever thread the CPU happened to be running. Measured on this project's
-machines (Linux 6.18): on top of one thread of the VM's agent (pid 1's
-tokio-rt-worker), the kernel runs no BPF tracing program at all, and counts no
-program miss either; ftrace, which does not go through BPF or perf, sees those
-events. A transition processed there is invisible to any BPF-based tracer.
+machines (Linux 6.18): on top of threads of the VM's agent (pid 1's
+tokio-rt-worker, tid 75 and once 68), the kernel runs no BPF tracing program at
+all, and counts no program miss either; ftrace, which does not go through BPF or
+perf, sees those events. A transition processed there is invisible to any
+BPF-based tracer (tests/bench/unseen.py shows it for the daemon).
 
 `probe()` finds such threads: it counts irq:softirq_entry per thread with a BPF
 program and, over the same moments, with an ftrace instance, and names the
