@@ -19,6 +19,17 @@ def samples(text: str, name: str, **labels: str) -> dict[tuple, float]:
     return out
 
 
+def unseen(daemon: Daemon) -> int:
+    """What the daemon counts of the kernel's transitions it could not see: those the kernel
+    skipped the program for (it was already running on that CPU), and lives it found ended
+    without seeing their end, at the next birth at the address or the next read of the
+    kernel's table (processed on top of a thread the kernel runs no BPF program for; see
+    tracer/blindspots.py)."""
+    text = daemon.metrics()
+    return int(sum(samples(text, "tcpstate_events_lost_total", reason="program_not_run").values())
+               + sum(samples(text, "tcpstate_socket_corrections_total", reason="gone").values()))
+
+
 def ss_timewait(port: int) -> int:
     out = subprocess.run(["ss", "-Htan", "state", "time-wait", f"( dport = :{port} )"],
                          capture_output=True, text=True, check=True).stdout

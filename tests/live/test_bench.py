@@ -24,9 +24,10 @@ def test_a_short_bench_accounts_for_every_transition(live_host: None, tmp_path: 
     # The kernel may skip the program now and then: counted as lost (program_not_run), or,
     # on top of a thread it runs no BPF program for (tracer/blindspots.py), not counted, and
     # the life that missed its FIN_WAIT2 and CLOSE is found ended unseen. Whatever it ran
-    # for is counted, and everything counted is stored.
+    # for is counted, and everything counted is stored; the timeline also holds the end of
+    # a life found ended unseen, which no transition reported.
     assert daemon["generated"] - daemon["counted"] <= daemon["lost"] + 2 * daemon["gone"], daemon
-    assert daemon["stored"] == daemon["counted"], daemon
+    assert daemon["counted"] <= daemon["stored"] <= daemon["counted"] + daemon["gone"], daemon
     assert daemon["delivered"] >= daemon["counted"], daemon
     assert 0 < daemon["ready_s"] < 10 and daemon["cpu_s"] > 0 and daemon["peak_rss_mb"] > 0
     hold = data["hold"]

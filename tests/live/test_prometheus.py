@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.live.conftest import Daemon, cannot_run
-from tests.live.observe import samples
+from tests.live.observe import samples, unseen
 from tests.live.prometheus import DEPLOY, PROMETHEUS, Prometheus, PrometheusError, start_prometheus
 from tests.live.traffic import client_closed, quiet_port
 
@@ -43,22 +43,30 @@ def test_prometheus_scrapes_the_daemon(prometheus, daemon):
 
 
 def test_loopback_connections_reach_prometheus(prometheus, daemon):
+    unseen_before = unseen(daemon)
     run = client_closed(quiet_port(), CONNECTIONS)
     port = str(run.port)
     closes = (f'tcpstate_transitions_total{{job="{JOB}",port="{port}",'
               f'from_state="FIN_WAIT2",to_state="CLOSE"}}')
+
+    def all_closes(result: dict) -> bool:
+        # Every close, but those the daemon counts as unseen: the kernel may skip the program
+        # (counted: program_not_run; seen here, 6 of 20 clients' FIN_WAIT2 and CLOSE in one
+        # softirq run), and on top of some threads it runs no BPF program at all (the life is
+        # found ended unseen).
+        values = list(result.values())
+        return len(values) == 1 and CONNECTIONS - (unseen(daemon) - unseen_before) <= values[0] <= CONNECTIONS
+
     try:
-        prometheus.wait(closes, lambda r: list(r.values()) == [CONNECTIONS], f"{CONNECTIONS} active closes")
+        found = prometheus.wait(closes, all_closes, f"{CONNECTIONS} active closes, but those counted as unseen")
     except PrometheusError as exc:
-        # Seen once in a fresh-clone run (5 of 20): say what the daemon itself counted for the
-        # port and lost, so the next failure tells which side is short.
         text = daemon.metrics()
         port_lines = [line for line in text.splitlines() if f'port="{port}"' in line and "transitions" in line]
-        lost = [line for line in text.splitlines() if line.startswith("tcpstate_events_lost_total")]
-        raise PrometheusError(f"{exc}\ndaemon now: {port_lines}\nlost: {lost}") from None
+        raise PrometheusError(f"{exc}\ndaemon now: {port_lines}\nunseen since the start: "
+                              f"{unseen(daemon) - unseen_before}") from None
     # What Prometheus has is what the daemon exports.
     assert list(samples(daemon.metrics(), "tcpstate_transitions_total", port=port, from_state="FIN_WAIT2",
-                        to_state="CLOSE").values()) == [CONNECTIONS]
+                        to_state="CLOSE").values()) == list(found.values())
 
     timewait = prometheus.wait(f'tcpstate_sockets{{job="{JOB}",port="{port}",state="TIME_WAIT"}}',
                                lambda r: len(r) == 1 and list(r.values())[0] > 0, "TIME_WAIT sockets")

@@ -8,7 +8,7 @@ import time
 
 from tests.live import traffic
 from tests.live.conftest import http_get, start_daemon, stop_daemon
-from tests.live.observe import samples
+from tests.live.observe import unseen
 
 CLIENT = ["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"]
 SERVER = ["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK"]
@@ -18,17 +18,6 @@ def sockets(url: str, port: int) -> list[dict]:
     status, body = http_get(f"{url}/api/v1/sockets?port={port}&limit=1000")
     assert status == 200, body
     return [s for s in json.loads(body)["sockets"] if s["role"] != "listener"]
-
-
-def unseen(daemon) -> int:
-    """What the daemon counts of the kernel's transitions it could not see: those the kernel
-    did not run the program for (it was already running on that CPU), and sockets it ended
-    because the kernel had freed them without reporting their end (found at the next birth
-    at the address or the next read of the kernel's table; see the README on sockets freed
-    in FIN_WAIT1)."""
-    text = daemon.metrics()
-    return int(sum(samples(text, "tcpstate_events_lost_total", reason="program_not_run").values())
-               + sum(samples(text, "tcpstate_socket_corrections_total", reason="gone").values()))
 
 
 def odd(lives: list[dict]) -> list[dict]:
