@@ -567,9 +567,9 @@ def probe_blind_spots() -> str:
 
     try:
         headers.prepare()
-        return blindspots.describe(blindspots.probe(BLIND_PROBE_S).blind, BLIND_PROBE_S)
-    except (blindspots.ProbeError, headers.HeadersError) as exc:
+    except headers.HeadersError as exc:
         return f"not probed: {exc}"
+    return blindspots.summary(BLIND_PROBE_S)[0]
 
 
 def main(seconds: float, rounds: int, threads: int, compare: bool, hold: int, soak: float,

@@ -131,3 +131,13 @@ def describe(threads: list[BlindThread], seconds: float) -> str:
     return (f"no BPF program ran for softirq work on top of {named}: ftrace saw "
             f"{sum(t.ftrace_events for t in threads)} softirqs there in {seconds:g} s; TCP transitions "
             "processed there are invisible to this and any BPF tracer")
+
+
+def summary(seconds: float, root: Path | None = None) -> tuple[str, bool]:
+    """What a probe of ``seconds`` found, in one line, and whether that is a warning
+    (threads found blind, or the probe could not run)."""
+    try:
+        threads = probe(seconds, root).blind
+    except ProbeError as exc:
+        return f"not probed: {exc}", True
+    return describe(threads, seconds), bool(threads)

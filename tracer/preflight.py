@@ -272,11 +272,8 @@ def check_blindspots(seconds: float, root: Path | None) -> CheckResult:
     daemon runs, but transitions processed there are invisible to it)."""
     from tracer import blindspots  # noqa: PLC0415 (imports bcc lazily)
 
-    try:
-        threads = blindspots.probe(seconds, root).blind
-    except blindspots.ProbeError as exc:
-        return _result("blindspots", True, f"not probed: {exc}", warn=True)
-    return _result("blindspots", True, blindspots.describe(threads, seconds), warn=bool(threads))
+    message, warn = blindspots.summary(seconds, root)
+    return _result("blindspots", True, message, warn=warn)
 
 
 def run_checks(cache_dir: Path, tracefs_root: Path | None = None, load_program: bool = True,

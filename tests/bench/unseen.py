@@ -96,8 +96,8 @@ def one_run(b: bench.Bench, workdir: Path, instance: Path) -> None:
                     and abs(float(m["ts"]) - short[port]) < 0.05:
                 culprits.append(f"client port {port}: FIN_WAIT1 -> FIN_WAIT2 on top of {m['who']} ({m['flags']})")
     daemon = counted(before, after)
-    lost = bench._lost_by_reason(after)
-    lost = {r: n - bench._lost_by_reason(before).get(r, 0) for r, n in lost.items()}
+    lost_before = bench._lost_by_reason(before)
+    lost = {r: n - lost_before.get(r, 0) for r, n in bench._lost_by_reason(after).items()}
     overrun = sum(int(line.split()[-1]) for cpu in (instance / "per_cpu").glob("cpu*")
                   for line in (cpu / "stats").read_text().splitlines() if line.startswith("overrun"))
     print(f"{load['connections']:,} connections: ftrace saw {sum(kernel.values()):,} transitions, the daemon "

@@ -36,3 +36,17 @@ def test_describe_is_one_line_grouped_by_name() -> None:
     assert blindspots.describe([], 5).startswith("none in 5 s")
     line = blindspots.describe([BlindThread(75, "tokio-rt-worker", 4, 0), BlindThread(68, "tokio-rt-worker", 3, 0)], 5)
     assert "tokio-rt-worker (tid 75, 68)" in line and "7 softirqs" in line and "\n" not in line
+
+
+def test_summary_warns_when_threads_are_blind_or_the_probe_cannot_run(monkeypatch) -> None:
+    def failing(seconds, root):
+        raise blindspots.ProbeError("tracefs is not mounted")
+
+    monkeypatch.setattr(blindspots, "probe", failing)
+    assert blindspots.summary(5) == ("not probed: tracefs is not mounted", True)
+    monkeypatch.setattr(blindspots, "probe", lambda seconds, root: blindspots.Probe(
+        [BlindThread(75, "tokio-rt-worker", 4, 0)], Counter({75: 4}), {}))
+    line, warn = blindspots.summary(5)
+    assert warn and "tokio-rt-worker (tid 75)" in line
+    monkeypatch.setattr(blindspots, "probe", lambda seconds, root: blindspots.Probe([], Counter(), {}))
+    assert blindspots.summary(5) == (blindspots.describe([], 5), False)
