@@ -27,8 +27,8 @@ def odd(lives: list[dict]) -> list[dict]:
 
 def settled(daemon, port: int) -> tuple[list[dict], int]:
     """The port's 40 lives once stored, and what the daemon counts as unseen: waits (10 s at
-    most) until every life cut short is accounted for, since a socket the kernel freed
-    unreported is found only later."""
+    most) until every life cut short is accounted for, since a life whose end the program
+    never saw is found ended only later."""
     deadline = time.monotonic() + 10
     while True:
         found, missed = sockets(daemon.url, port), unseen(daemon)

@@ -173,9 +173,10 @@ LOOP = bytes([127, 0, 0, 1]) + bytes(12)
 
 
 def test_a_socket_born_at_the_address_of_an_unfinished_one_ends_it():
-    """The kernel may free a socket without reporting its end (seen: a client in
-    FIN_WAIT1); the program then sends its life open, and the next socket at that
-    address, born, tells the table the first one is gone."""
+    """The program may never see a socket's end (seen: a client's FIN_WAIT2 and CLOSE,
+    processed on top of a thread the kernel runs no BPF program for); it then sends the
+    life open, and the next socket at that address, born, tells the table the first one
+    is gone."""
     first = connection(0, 100)
     client_sk = first[0][1]
     unfinished = [ev for ev in first if ev[1] == client_sk][:3]  # up to FIN_WAIT1

@@ -308,8 +308,8 @@ class Tracker:
         counts = self.counts
         entry = self.sockets.get(sk)
         if entry is not None and ev_old in _LISTEN_OR_CLOSE and new != _CLOSE:
-            # A socket born at the address of one the table holds: the kernel freed
-            # that one without reporting its end.
+            # A socket born at the address of one the table holds: that one's end was
+            # never seen (the program was skipped, or not run on top of a blind thread).
             self._vanished(entry, ts)
             entry = None
         if entry is None and self._baseline_by_conn:
