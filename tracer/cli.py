@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from tracer import __version__, config
-from tracer.signals import StopSignals
+from tracer.daemon.signals import StopSignals
 
 PROG = "tcpstate-tracer"
 
@@ -176,7 +176,7 @@ def _tracker(cfg: config.Config):
 def cmd_watch(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     _setup_logging("warning")
-    from tracer import headers, tracefs
+    from tracer.host import headers, tracefs
     from tracer.console import TransitionPrinter
     from tracer.core.clock import SystemClock
     from tracer.sources.bcc import BccSource, SourceError
@@ -268,7 +268,7 @@ def cmd_stuck(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
-    from tracer import preflight
+    from tracer.host import preflight
 
     results = preflight.run_checks(cache_dir=cfg.cache_dir, probe_s=args.probe_seconds)
     for r in results:

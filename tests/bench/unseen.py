@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tracer import bench, tracefs  # noqa: E402
+from tracer import bench  # noqa: E402
+from tracer.host import tracefs
 
 # "  loadgen-31811 [001] ..s2. 43099.060261: inet_sock_set_state: family=AF_INET protocol=IPPROTO_TCP
 #  sport=59142 dport=1024 saddr=... daddr=... saddrv6=... daddrv6=... oldstate=TCP_FIN_WAIT1 newstate=TCP_FIN_WAIT2"

@@ -43,7 +43,7 @@ def live_host() -> None:
         import bcc  # noqa: F401
     except ImportError:
         cannot_run("the bcc module (Debian python3-bpfcc) is not importable: run make setup")
-    from tracer import tracefs
+    from tracer.host import tracefs
 
     root = tracefs.ensure()
     missing = tracefs.missing_tracepoints(root)

@@ -7,7 +7,7 @@ import threading
 import time
 
 from tests.live import traffic
-from tracer import blindspots, headers
+from tracer.host import blindspots, headers
 
 
 def test_the_probe_sees_the_softirq_work_of_a_thread_making_loopback_traffic(live_host) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tracer import headers
-from tracer.preflight import run_checks
+from tracer.host import headers
+from tracer.host.preflight import run_checks
 
 pytestmark = pytest.mark.live
 
@@ -30,7 +30,7 @@ CHECK = """
 import json, sys
 from dataclasses import asdict
 from pathlib import Path
-from tracer.preflight import run_checks
+from tracer.host.preflight import run_checks
 results = run_checks(Path(sys.argv[1]), load_program=sys.argv[2] == "load")
 for r in results:
     print(json.dumps(asdict(r)))
@@ -42,7 +42,7 @@ LOAD_ONLY = """
 import json, sys
 from dataclasses import asdict
 from pathlib import Path
-from tracer import headers, preflight
+from tracer.host import headers, preflight
 headers.prepare(Path(sys.argv[1]))
 print(json.dumps(asdict(preflight.check_program())))
 """

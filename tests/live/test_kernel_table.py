@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tracer import kernel_table as kt
+from tracer.sources import kernel_table as kt
 from tracer.core import record
 from tracer.core.states import TcpState
 

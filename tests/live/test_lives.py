@@ -21,7 +21,7 @@ SERVER = [("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "
 
 @pytest.fixture(scope="module")
 def source(live_host):
-    from tracer import headers
+    from tracer.host import headers
     from tracer.sources.bcc import BccSource
 
     headers.prepare()

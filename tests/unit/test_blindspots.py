@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tracer import blindspots
-from tracer.blindspots import BlindThread
+from tracer.host import blindspots
+from tracer.host.blindspots import BlindThread
 
 LINES = [
     "# tracer: nop\n",

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from tracer import kernel_table as kt
+from tracer.sources import kernel_table as kt
 from tracer.core import record
 from tracer.core.states import TcpState
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tracer import headers, preflight, tracefs
-from tracer.preflight import CheckResult
+from tracer.host import headers, preflight, tracefs
+from tracer.host.preflight import CheckResult
 
 # CapEff of root on the project's machines: everything but CAP_SYS_RESOURCE (24).
 ROOT_CAPS = 0x000001FFFEFFFFFF

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-from tracer.signals import StopSignals
+from tracer.daemon.signals import StopSignals
 
 
 def test_signals_only_set_a_flag_even_when_they_nest():

@@ -1,7 +1,7 @@
 """Times kernel_table.dump() over the TIME_WAIT sockets of all namespaces."""
 import os, sys, time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-from tracer import kernel_table as kt
+from tracer.sources import kernel_table as kt
 from tracer.core.states import TcpState
 
 kt.dump([TcpState.TIME_WAIT], netns={})  # imports pyroute2 once, outside the timing

@@ -1,4 +1,4 @@
-/* Loopback load for `tcpstate-tracer bench` (tracer/bench.py builds and runs it).
+/* Loopback load for `tcpstate-tracer bench` (tracer/bench builds and runs it).
  *
  *   loadgen churn PORT SECONDS THREADS
  *       Each thread listens on PORT+i and, until SECONDS have passed, makes one

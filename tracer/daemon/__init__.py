@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 from werkzeug.serving import make_server
 
-from tracer import headers, sysctl, tracefs
+from tracer.host import headers, sysctl, tracefs
 from tracer.config import Config, parse_listen_address
 from tracer.core.clock import Clock, SystemClock
 from tracer.core.detector import Report
@@ -27,7 +27,7 @@ from tracer.core.record import MORE_AT, MORE_TS_AT
 from tracer.core.states import TcpState
 from tracer.core.tracker import RECONCILED_STATES, KernelSocketInfo, Tracker
 from tracer.metrics import TcpStateCollector
-from tracer.signals import StopSignals
+from tracer.daemon.signals import StopSignals
 from tracer.sources import EventSource
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ class Housekeeper:
         """The sockets in ``states`` in every namespace. A namespace that could not be
         read makes the whole read None unless ``partial_ok``: judged against a partial
         table, the sockets of the unread namespace would look gone."""
-        from tracer import kernel_table
+        from tracer.sources import kernel_table
 
         try:
             found, problems = kernel_table.dump(states)
@@ -208,7 +208,7 @@ class Housekeeper:
     def load_baseline(self, source: object | None = None) -> int:
         """Loads the sockets that exist now, in every namespace, so counts are right from
         the first scrape; tells the program which ports are listened on."""
-        from tracer import kernel_table
+        from tracer.sources import kernel_table
 
         started = self.clock.monotonic_ns()
         found = self._read_table([s.value for s in TcpState if s not in (TcpState.CLOSE, TcpState.NEW_SYN_RECV)],

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracer import tracefs
+from tracer.host import tracefs
 
 PROGRAM = r"""
 BPF_HASH(runs, u32, u64, 65536);

@@ -1,7 +1,7 @@
 """`tcpstate-tracer bench`: loopback churn with nothing attached, with the daemon, and
 with bcc's tcpstates, in alternating runs, and what each kept of it.
 
-The load is tests/bench/churn/loadgen.c (built here with gcc), run in a network
+The load is tracer/bench/loadgen.c (built here with gcc), run in a network
 namespace the bench makes and deletes: its TIME_WAITs, ports and counters are its
 own, and nothing leaves the namespace's loopback. Each connection is 10 transitions
 (5 a side) and each listener 2, so the generated count is known exactly; the
@@ -29,8 +29,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-LOADGEN_SRC = ROOT / "tests" / "bench" / "churn" / "loadgen.c"
+LOADGEN_SRC = Path(__file__).resolve().parent / "loadgen.c"  # package data: works from an installed package
 TCPSTATES = Path("/usr/sbin/tcpstates-bpfcc")
 PORT = 1024  # the namespace's own loopback: below its ephemeral range, above what services use
 TRANSITIONS_PER_CONNECTION = 10
@@ -55,7 +54,7 @@ class Run:
     stored: int | None = None  # in the daemon's timeline (bench ports)
     lost: int | None = None  # reported lost by the tracer
     # Lives the daemon found ended without seeing their end (a new socket at their address, or
-    # absent from the kernel's table): what a blind thread (tracer.blindspots) leaves behind.
+    # absent from the kernel's table): what a blind thread (tracer.host.blindspots) leaves behind.
     gone: int | None = None
     cpu_s: float | None = None
     peak_rss_mb: float | None = None
@@ -205,7 +204,7 @@ class Daemon:
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tracer", "run", "--web.listen-address", self.url[7:], "--db",
-                 str(self.db), *extra], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                 str(self.db), *extra], stdout=out, stderr=subprocess.STDOUT)
         deadline = started + 60
         while True:
             if self.proc.poll() is not None:
@@ -285,7 +284,7 @@ class Tcpstates:
     def __init__(self, workdir: Path) -> None:
         self.out, self.err = workdir / "tcpstates.csv", workdir / "tcpstates.err"
         # BCC compiles it against kernel headers; given the same tree the daemon uses.
-        from tracer import headers
+        from tracer.host import headers
 
         try:
             headers.prepare()
@@ -560,10 +559,10 @@ BLIND_PROBE_S = 5.0
 
 
 def probe_blind_spots() -> str:
-    """tracer.blindspots: threads on top of which the kernel runs no BPF program. A
+    """tracer.host.blindspots: threads on top of which the kernel runs no BPF program. A
     transition processed there is missed by the daemon and by tcpstates alike, and no
     counter says so: the reason a run can miss "nothing lost" by a transition or two."""
-    from tracer import blindspots, headers
+    from tracer.host import blindspots, headers
 
     try:
         headers.prepare()

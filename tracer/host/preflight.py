@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracer import headers, tracefs
+from tracer.host import headers, tracefs
 
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
@@ -270,7 +270,7 @@ def check_program() -> CheckResult:
 def check_blindspots(seconds: float, root: Path | None) -> CheckResult:
     """Threads whose softirq work the kernel runs no BPF program for (a warning: the
     daemon runs, but transitions processed there are invisible to it)."""
-    from tracer import blindspots  # noqa: PLC0415 (imports bcc lazily)
+    from tracer.host import blindspots  # noqa: PLC0415 (imports bcc lazily)
 
     message, warn = blindspots.summary(seconds, root)
     return _result("blindspots", True, message, warn=warn)
