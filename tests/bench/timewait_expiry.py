@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tracer.core.tracker import KernelSocketInfo, Tracker  # noqa: E402
+from tracer.core.kernel_socket import KernelSocket  # noqa: E402
+from tracer.core.tracker import Tracker  # noqa: E402
 
 SEC = 1_000_000_000
 LO = bytes([127, 0, 0, 1]) + bytes(12)
@@ -30,8 +31,8 @@ def main() -> None:
     args = parser.parse_args()
     tracker = Tracker(60 * SEC, 1_000_000)
     start = 1000 * SEC
-    found = [KernelSocketInfo((LO, 30000 + i % 30000, LO, 8000 + i // 30000), 2, 6, 1,
-                              59 * SEC - i * (50 * SEC // args.timewaits)) for i in range(args.timewaits)]
+    found = [KernelSocket(1, 2, LO, 30000 + i % 30000, LO, 8000 + i // 30000, 6,
+                          59 * SEC - i * (50 * SEC // args.timewaits)) for i in range(args.timewaits)]
     tracker.load_baseline(found, start)
     t0 = time.perf_counter()
     for i in range(args.calls):

@@ -6,7 +6,8 @@ import pytest
 
 from tracer.core.detector import WATCHED, Rules
 from tracer.core.states import EventKind, Role, TcpState
-from tracer.core.tracker import KernelSocketInfo, Tracker
+from tracer.core.kernel_socket import KernelSocket
+from tracer.core.tracker import Tracker
 
 S = TcpState
 SEC = 1_000_000_000
@@ -127,8 +128,8 @@ def test_timewait_beyond_a_short_msl_is_stuck(event):
 # -- the kernel's table -------------------------------------------------------------
 
 
-def kernel_tw(c, left_s: float, netns: int = NETNS) -> KernelSocketInfo:
-    return KernelSocketInfo(conn=c, family=2, state=S.TIME_WAIT, netns=netns, expires_ns=int(left_s * SEC))
+def kernel_tw(c, left_s: float, netns: int = NETNS) -> KernelSocket:
+    return KernelSocket(netns, 2, *c, S.TIME_WAIT, expires_ns=int(left_s * SEC))
 
 
 def test_rearmed_timewait_outlives_2msl_and_is_flagged(event):
@@ -227,15 +228,15 @@ def test_netns_of_a_watched_socket_comes_from_the_kernel(event):
     t = tracker()
     close_wait_socket(t, event, at=0)
     c = conn(8080, 40000)
-    t.reconcile({c: KernelSocketInfo(c, 2, S.CLOSE_WAIT, NETNS)}, 5 * SEC, 2 * SEC)
+    t.reconcile({c: KernelSocket(NETNS, 2, *c, S.CLOSE_WAIT)}, 5 * SEC, 2 * SEC)
     assert t.sockets[0x10].netns == NETNS
 
 
 def test_baseline_sockets_are_counted_and_adopted_by_their_first_event(event):
     t = tracker(states={"CLOSE_WAIT": 10})
-    listener = KernelSocketInfo((LO, 8080, bytes(16), 0), 2, S.LISTEN, NETNS, pid=7, comm="srv")
-    accepted = KernelSocketInfo(conn(8080, 40000), 2, S.CLOSE_WAIT, NETNS)
-    outgoing = KernelSocketInfo(conn(41000, 443), 2, S.ESTABLISHED, NETNS)
+    listener = KernelSocket(NETNS, 2, LO, 8080, bytes(16), 0, S.LISTEN, pid=7, comm="srv")
+    accepted = KernelSocket(NETNS, 2, *conn(8080, 40000), S.CLOSE_WAIT)
+    outgoing = KernelSocket(NETNS, 2, *conn(41000, 443), S.ESTABLISHED)
     tw = kernel_tw(conn(42000, 443), 30)
     assert t.load_baseline([listener, accepted, outgoing, tw], 100 * SEC) == 4
     assert {k: n for k, n in t.snapshot().items() if n} == {
@@ -255,7 +256,7 @@ def test_baseline_sockets_are_counted_and_adopted_by_their_first_event(event):
 
 def test_socket_opened_while_the_baseline_was_read_is_not_counted_twice(event):
     t = tracker()
-    t.load_baseline([KernelSocketInfo(conn(41000, 443), 2, S.ESTABLISHED, NETNS)], 100 * SEC)
+    t.load_baseline([KernelSocket(NETNS, 2, *conn(41000, 443), S.ESTABLISHED)], 100 * SEC)
     # Its events were already in the ring buffer: connect() has no local port yet.
     apply(t, event, 0x30, Role.ACTIVE, S.CLOSE, S.SYN_SENT, 0, 443, 99.9)
     apply(t, event, 0x30, Role.ACTIVE, S.SYN_SENT, S.ESTABLISHED, 41000, 443, 99.9)
@@ -271,9 +272,9 @@ def test_socket_opened_while_the_baseline_was_read_is_not_counted_twice(event):
 ])
 def test_baseline_roles_are_inferred_from_listeners_and_the_ephemeral_range(lport, rport, listening, role, port):
     t = tracker()
-    kernel = [KernelSocketInfo(conn(lport, rport), 2, S.ESTABLISHED, NETNS)]
+    kernel = [KernelSocket(NETNS, 2, *conn(lport, rport), S.ESTABLISHED)]
     if listening:
-        kernel.append(KernelSocketInfo((LO, lport, bytes(16), 0), 2, S.LISTEN, NETNS))
+        kernel.append(KernelSocket(NETNS, 2, *(LO, lport, bytes(16), 0), S.LISTEN))
     t.load_baseline(kernel, SEC, ephemeral=range(32768, 61000))
     entry = next(e for e in t.sockets.values() if e.state == S.ESTABLISHED)
     assert (entry.role, entry.port) == (role, port)
@@ -288,8 +289,8 @@ def test_sockets_left_in_a_state_by_a_missed_transition_are_corrected(event):
             apply(t, event, sk, Role.ACTIVE, old, new, lport, 8080, 1.0 if sk != 0x43 else 9.5)
     apply(t, event, 0x44, Role.ACTIVE, S.CLOSE, S.SYN_SENT, 0, 8080, 1.0)  # not bound yet: no conn
     kernel = {
-        conn(40011, 8080): KernelSocketInfo(conn(40011, 8080), 2, S.FIN_WAIT1, NETNS),  # as modelled
-        conn(40012, 8080): KernelSocketInfo(conn(40012, 8080), 2, S.FIN_WAIT2, NETNS),  # moved on
+        conn(40011, 8080): KernelSocket(NETNS, 2, *conn(40011, 8080), S.FIN_WAIT1),  # as modelled
+        conn(40012, 8080): KernelSocket(NETNS, 2, *conn(40012, 8080), S.FIN_WAIT2),  # moved on
     }
     t.reconcile(kernel, 10 * SEC, 2 * SEC)
     assert 0x40 not in t.sockets, "gone from the kernel: gone from the table"

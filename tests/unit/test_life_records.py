@@ -153,12 +153,12 @@ def test_a_full_table_evicts_as_the_events_would():
 def test_sockets_loaded_at_start_leave_the_short_path_to_everything_else():
     """A host's sockets from before the start stay in the baseline until an event names
     them, often for good: only a life of the same connection needs the long path."""
-    from tracer.core.tracker import KernelSocketInfo
+    from tracer.core.kernel_socket import KernelSocket
 
     evs = workload(n=40)
     twin = evs[1]  # the first client, as if the table had been read just after it opened
-    baseline = [KernelSocketInfo((LOOP, 22, LOOP, 50000), record.AF_INET, S.ESTABLISHED.value, 1),
-                KernelSocketInfo((twin[2], twin[5], twin[3], twin[6]), record.AF_INET, S.SYN_SENT.value, 1)]
+    baseline = [KernelSocket(1, record.AF_INET, LOOP, 22, LOOP, 50000, S.ESTABLISHED.value),
+                KernelSocket(1, record.AF_INET, twin[2], twin[5], twin[3], twin[6], S.SYN_SENT.value)]
     records = [record.unpack(r) for r in assemble(evs)]
     trackers = [Tracker(TW_NS, 10_000, keep_lifecycles=True) for _ in range(2)]
     for t in trackers:

@@ -21,6 +21,7 @@ from heapq import heapify, heappop, heappush
 from itertools import count
 
 from tracer.core.detector import WATCHED, Report, Rules, Stuck
+from tracer.core.kernel_socket import Conn, KernelSocket
 from tracer.core.lifecycle import Lifecycle, RawLife, from_raw, pack_ended, pack_spans, unpack_ended
 from tracer.core.record import MORE_AT, MORE_STATE_AT, MORE_TS_AT, Event, Record, events_of
 from tracer.core.states import (
@@ -75,9 +76,6 @@ class Histogram:
         return h
 
 
-# A connection as the kernel's socket table keys it: (local address, local port,
-# remote address, remote port); addresses are the record's 16 raw bytes.
-Conn = tuple[bytes, int, bytes, int]
 
 
 # Addresses and command names, one bytes object for each value: every record brings
@@ -145,19 +143,6 @@ class SocketEntry:
         return (self.saddr, self.sport, self.daddr, self.dport)
 
 
-@dataclass(frozen=True)
-class KernelSocketInfo:
-    """A socket as the kernel's table shows it, in the core's terms (no netlink here)."""
-
-    conn: Conn
-    family: int
-    state: int
-    netns: int
-    expires_ns: int = 0  # time left on its timer (TIME_WAIT: time left in TIME_WAIT)
-    pid: int = 0
-    comm: str = ""
-
-
 def _plan(first_old: int, first_new: int, codes: bytes, more: int) -> tuple | None:
     """How a record's life goes, when it is one the short path takes: opened (from
     CLOSE or a listener), no resets, CLOSE once and last. (states before each later
@@ -178,7 +163,7 @@ def _plan(first_old: int, first_new: int, codes: bytes, more: int) -> tuple | No
     return visited, connect_at, visited[-1] in _ACTIVE_CLOSE, visited[-1] == _SYN_SENT, bytes(visited)
 
 
-def _entry_from_kernel(k: KernelSocketInfo, since_ns: int, role: int, port: int) -> SocketEntry:
+def _entry_from_kernel(k: KernelSocket, since_ns: int, role: int, port: int) -> SocketEntry:
     saddr, sport, daddr, dport = k.conn
     comm = k.comm.encode()[:15].ljust(16, b"\0")
     entry = SocketEntry((since_ns, 0, saddr, daddr, k.pid, sport, dport, port, k.family, _STATE, 0,
@@ -655,7 +640,7 @@ class Tracker:
 
     # -- the kernel's socket table -----------------------------------------------
 
-    def load_baseline(self, kernel: Iterable[KernelSocketInfo], now_ns: int,
+    def load_baseline(self, kernel: Iterable[KernelSocket], now_ns: int,
                       ephemeral: range = range(32768, 61000)) -> int:
         """Loads the sockets that exist before any event names them. Their age is
         known only from now on. Their role is inferred, since nobody saw them open: a
@@ -694,7 +679,7 @@ class Tracker:
             self.baseline_sockets += loaded
         return loaded
 
-    def _add_kernel_timewait(self, k: KernelSocketInfo, now_ns: int, role: int, port: int) -> SocketEntry:
+    def _add_kernel_timewait(self, k: KernelSocket, now_ns: int, role: int, port: int) -> SocketEntry:
         # Without a re-arm the TIME_WAIT began (length - time left) ago; that is a
         # lower bound of its age, hence age_known stays False.
         since = self._kernel_began(k, now_ns)
@@ -705,11 +690,11 @@ class Tracker:
         self._extend(entry, entry.expires_ns)
         return entry
 
-    def _kernel_began(self, k: KernelSocketInfo, at_ns: int) -> int:
+    def _kernel_began(self, k: KernelSocket, at_ns: int) -> int:
         """When a TIME_WAIT the kernel's table showed at ``at_ns`` began, or was last re-armed."""
         return at_ns - max(0, self.timewait_ns - k.expires_ns)
 
-    def reconcile(self, kernel: Mapping[Conn, KernelSocketInfo], dumped_at_ns: int,
+    def reconcile(self, kernel: Mapping[Conn, KernelSocket], dumped_at_ns: int,
                   grace_ns: int) -> tuple[int, int]:
         """Makes the model agree with the kernel's socket table, read at ``dumped_at_ns``.
 
@@ -754,7 +739,7 @@ class Tracker:
         self.timewait_reconciled_added += added
         return removed, added
 
-    def _reconcile_live(self, kernel: Mapping[Conn, KernelSocketInfo], dumped_at_ns: int, horizon: int) -> None:
+    def _reconcile_live(self, kernel: Mapping[Conn, KernelSocket], dumped_at_ns: int, horizon: int) -> None:
         """Full sockets in the states the table was read for: a missed transition (the
         kernel skips the program now and then) must not leave a socket in a state it
         has left, or in the table after it is gone. Caller holds the lock."""

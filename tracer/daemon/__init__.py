@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prometheus_client import CollectorRegistry
 from werkzeug.serving import make_server
@@ -25,7 +25,7 @@ from tracer.core.detector import Report
 from tracer.core.ports import PortLabels
 from tracer.core.record import MORE_AT, MORE_TS_AT
 from tracer.core.states import TcpState
-from tracer.core.tracker import RECONCILED_STATES, KernelSocketInfo, Tracker
+from tracer.core.tracker import RECONCILED_STATES, Tracker
 from tracer.metrics import TcpStateCollector
 from tracer.daemon.signals import StopSignals
 from tracer.sources import EventSource
@@ -216,7 +216,7 @@ class Housekeeper:
         if found is None:
             return 0
         owners = kernel_table.owners()
-        infos = [_info(k, owners.get(k.inode, (0, ""))) for k in found]
+        infos = [replace(k, pid=owner[0], comm=owner[1]) if (owner := owners.get(k.inode)) else k for k in found]
         loaded = self.tracker.load_baseline(infos, started, sysctl.ephemeral_ports())
         listeners = {i.conn[1]: (i.pid, i.comm) for i in infos if i.state == TcpState.LISTEN}
         seed = getattr(source, "seed_listeners", None)
@@ -232,7 +232,7 @@ class Housekeeper:
         if found is None:
             return 0, 0
         self.last_reconcile_s = (self.clock.monotonic_ns() - started) / 1e9
-        kernel = {k.conn: _info(k) for k in found}
+        kernel = {k.conn: k for k in found}
         removed, added = self.tracker.reconcile(kernel, started, self.GRACE_NS)
         if removed or added:
             log.debug("TIME_WAIT reconciled with the kernel: %d ended early, %d found", removed, added)
@@ -313,12 +313,6 @@ class Housekeeper:
                 self.store.retain(time.time())
                 next_retain = time.monotonic() + self.RETAIN_EVERY_S
         self.flush_timeline(final=True)  # what changed since the last round, before the daemon exits
-
-
-def _info(k, owner: tuple[int, str] = (0, "")) -> KernelSocketInfo:
-    """A kernel_table.KernelSocket in the core's terms."""
-    return KernelSocketInfo(conn=k.conn, family=k.family, state=k.state, netns=k.netns,
-                            expires_ns=k.expires_ns, pid=owner[0], comm=owner[1])
 
 
 @dataclass

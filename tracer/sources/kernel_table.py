@@ -26,10 +26,9 @@ import socket
 import struct
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from tracer.core.states import TcpState
-from tracer.core.tracker import Conn
+from tracer.core.kernel_socket import Conn, KernelSocket
 
 AF_INET = socket.AF_INET.value
 AF_INET6 = socket.AF_INET6.value
@@ -68,26 +67,6 @@ class KernelTableError(RuntimeError):
 
 class SockDiagError(OSError):
     """An error the kernel answered a sock_diag request with."""
-
-
-@dataclass(frozen=True, slots=True)
-class KernelSocket:
-    """One TCP socket as the kernel's table shows it; addresses as ``record.parse_addr`` gives them."""
-
-    netns: int  # the namespace's inode number (readlink /proc/PID/ns/net -> net:[N])
-    family: int  # AF_INET for IPv4-mapped IPv6 too
-    saddr: bytes  # 16 raw bytes, IPv4 in the first 4
-    sport: int
-    daddr: bytes
-    dport: int
-    state: int  # TcpState; TIME_WAIT for every timewait socket, whatever its substate
-    expires_ns: int  # time left on its timer (TIME_WAIT: time left in TIME_WAIT)
-    inode: int  # 0 for TIME_WAIT and orphans
-    cookie: int  # the kernel's socket cookie
-
-    @property
-    def conn(self) -> Conn:
-        return (self.saddr, self.sport, self.daddr, self.dport)
 
 
 # -- decoding (pure) ------------------------------------------------------------
