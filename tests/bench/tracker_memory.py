@@ -53,7 +53,7 @@ def main() -> int:
     del tracker.drain_raw()[:]  # what the store took; the drained tuples go with it
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before
-    print(f"{len(tracker.sockets):,} sockets: {held / 1e6:.0f} MB, {held / len(tracker.sockets):.0f} bytes a socket")
+    print(f"{len(tracker.table.sockets):,} sockets: {held / 1e6:.0f} MB, {held / len(tracker.table.sockets):.0f} bytes a socket")
     for stat in tracemalloc.take_snapshot().statistics("lineno")[:8]:
         print(f"  {stat}")
     return 0

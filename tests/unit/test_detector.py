@@ -210,7 +210,7 @@ def test_ended_timewaits_the_kernel_timed_do_not_pile_up(event):
             t.apply(event(0x40, S.TIME_WAIT, S.TIME_WAIT, ts_ns=lap * SEC + i, kind=EventKind.RESET_RX,
                           sport=c[1], dport=c[3], role=Role.ACTIVE))
     assert t.stats().timewait == 0
-    assert len(t._extended_ends) <= 2 * 6000 + 4096
+    assert len(t.tw.extended_ends) <= 2 * 6000 + 4096
 
 
 def test_timewait_the_kernel_dropped_is_removed_and_one_it_has_is_added(event):
@@ -229,7 +229,7 @@ def test_netns_of_a_watched_socket_comes_from_the_kernel(event):
     close_wait_socket(t, event, at=0)
     c = conn(8080, 40000)
     t.reconcile({c: KernelSocket(NETNS, 2, *c, S.CLOSE_WAIT)}, 5 * SEC, 2 * SEC)
-    assert t.sockets[0x10].netns == NETNS
+    assert t.table.sockets[0x10].netns == NETNS
 
 
 def test_baseline_sockets_are_counted_and_adopted_by_their_first_event(event):
@@ -251,7 +251,7 @@ def test_baseline_sockets_are_counted_and_adopted_by_their_first_event(event):
     assert spent == -1, "how long it was in CLOSE_WAIT is not known"
     assert {k: n for k, n in t.snapshot().items() if n} == {
         (8080, S.LISTEN): 1, (8080, S.LAST_ACK): 1, (443, S.ESTABLISHED): 1, (443, S.TIME_WAIT): 1}
-    assert t.sockets[0x99].age_known is True
+    assert t.table.sockets[0x99].age_known is True
 
 
 def test_socket_opened_while_the_baseline_was_read_is_not_counted_twice(event):
@@ -261,7 +261,7 @@ def test_socket_opened_while_the_baseline_was_read_is_not_counted_twice(event):
     apply(t, event, 0x30, Role.ACTIVE, S.CLOSE, S.SYN_SENT, 0, 443, 99.9)
     apply(t, event, 0x30, Role.ACTIVE, S.SYN_SENT, S.ESTABLISHED, 41000, 443, 99.9)
     assert {k: n for k, n in t.snapshot().items() if n} == {(443, S.ESTABLISHED): 1}
-    assert len(t.sockets) == 1
+    assert len(t.table.sockets) == 1
 
 
 @pytest.mark.parametrize("lport, rport, listening, role, port", [
@@ -276,7 +276,7 @@ def test_baseline_roles_are_inferred_from_listeners_and_the_ephemeral_range(lpor
     if listening:
         kernel.append(KernelSocket(NETNS, 2, *(LO, lport, bytes(16), 0), S.LISTEN))
     t.load_baseline(kernel, SEC, ephemeral=range(32768, 61000))
-    entry = next(e for e in t.sockets.values() if e.state == S.ESTABLISHED)
+    entry = next(e for e in t.table.sockets.values() if e.state == S.ESTABLISHED)
     assert (entry.role, entry.port) == (role, port)
 
 
@@ -293,11 +293,11 @@ def test_sockets_left_in_a_state_by_a_missed_transition_are_corrected(event):
         conn(40012, 8080): KernelSocket(NETNS, 2, *conn(40012, 8080), S.FIN_WAIT2),  # moved on
     }
     t.reconcile(kernel, 10 * SEC, 2 * SEC)
-    assert 0x40 not in t.sockets, "gone from the kernel: gone from the table"
-    assert t.sockets[0x41].netns == NETNS and t.sockets[0x41].age_known
-    assert (t.sockets[0x42].state, t.sockets[0x42].age_known) == (S.FIN_WAIT2, False)
-    assert 0x43 in t.sockets, "too young to judge"
-    assert 0x44 in t.sockets, "a connect() in progress has no local port to match yet"
+    assert 0x40 not in t.table.sockets, "gone from the kernel: gone from the table"
+    assert t.table.sockets[0x41].netns == NETNS and t.table.sockets[0x41].age_known
+    assert (t.table.sockets[0x42].state, t.table.sockets[0x42].age_known) == (S.FIN_WAIT2, False)
+    assert 0x43 in t.table.sockets, "too young to judge"
+    assert 0x44 in t.table.sockets, "a connect() in progress has no local port to match yet"
     assert {k: n for k, n in t.snapshot().items() if n} == {
         (8080, S.FIN_WAIT1): 2, (8080, S.FIN_WAIT2): 1, (8080, S.SYN_SENT): 1}
     assert (t.stats().live_removed, t.stats().live_corrected) == (1, 1)

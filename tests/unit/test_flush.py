@@ -20,7 +20,7 @@ def churned(laps: int, pending_max: int | None = None) -> tuple[Tracker, FakeClo
     lap; at most ``pending_max`` of them wait for the store, when given."""
     tracker = Tracker(TW_NS, 10_000, keep_lifecycles=True)
     if pending_max is not None:
-        tracker.max_pending_lifecycles = pending_max
+        tracker.journal.max_pending = pending_max
     last = 0
     for lap in range(laps):
         source = ReplaySource(FIXTURE)

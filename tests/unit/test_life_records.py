@@ -97,12 +97,12 @@ def state(tracker: Tracker) -> dict:
     tracker.expire(10**13)
     return {
         "counts": tracker.counts,
-        "durations": {k: (h.counts, h.sum_ns) for k, h in tracker.state_durations.items()},
-        "connections": {k: (h.counts, h.sum_ns) for k, h in tracker.connection_durations.items()},
-        "failures": tracker.connect_failures,
-        "timewait": tracker.timewait_entered_by_port,
-        "stuck": tracker.stuck_total,
-        "sockets": sorted(tracker.sockets),
+        "durations": {k: (h.counts, h.sum_ns) for k, h in tracker.outcome.state_durations.items()},
+        "connections": {k: (h.counts, h.sum_ns) for k, h in tracker.outcome.connection_durations.items()},
+        "failures": tracker.outcome.connect_failures,
+        "timewait": tracker.outcome.timewait_entered_by_port,
+        "stuck": tracker.outcome.stuck_total,
+        "sockets": sorted(tracker.table.sockets),
         "stats": tracker.stats(),
         "lives": tracker.drain_raw(),
     }
@@ -141,7 +141,7 @@ def test_a_life_whose_socket_the_table_holds_takes_the_long_path():
     tracker = Tracker(TW_NS, 100, keep_lifecycles=True)
     tracker.apply_batch(first)
     tracker.apply_records([record.unpack(r) for r in later])
-    assert tracker.sockets == {} and tracker.timewait_now == 1
+    assert tracker.table.sockets == {} and tracker.tw.now == 1
 
 
 def test_a_full_table_evicts_as_the_events_would():
@@ -166,7 +166,7 @@ def test_sockets_loaded_at_start_leave_the_short_path_to_everything_else():
     trackers[0].apply_batch([ev for rec in records for ev in record.events_of(rec)])
     trackers[1].apply_records(records)
     assert state(trackers[0]) == state(trackers[1])
-    assert list(trackers[1]._baseline_by_conn) == [baseline[0].conn]  # the twin is named, sshd's waits
+    assert list(trackers[1].table.baseline) == [baseline[0].conn]  # the twin is named, sshd's waits
 
 
 LOOP = bytes([127, 0, 0, 1]) + bytes(12)
@@ -184,7 +184,7 @@ def test_a_socket_born_at_the_address_of_an_unfinished_one_ends_it():
     tracker = Tracker(TW_NS, 100, keep_lifecycles=True)
     tracker.apply_records([record.unpack(record.pack(unfinished)), record.unpack(record.pack(again))])
     assert tracker.stats().live_removed == 1
-    assert tracker.sockets == {} and tracker.timewait_now == 1
+    assert tracker.table.sockets == {} and tracker.tw.now == 1
     assert tracker.counts[(20001, S.FIN_WAIT1.value)] == 0
     lives = tracker.drain_raw()
     ended = [life for life in lives if life[-1] is not None]

@@ -173,8 +173,8 @@ def test_fixture_replayed_through_the_tracker_leaves_three_time_waits(replay):
     for batch in read_all(source):
         tracker.apply_batch(batch)
     assert {k: n for k, n in tracker.snapshot().items() if n} == {(20001, S.TIME_WAIT): 3}
-    assert tracker.sockets == {}
-    assert [e.sk for e in tracker.timewait] == [0xFFFF888000D39280, 0xFFFF888000D38940,
+    assert tracker.table.sockets == {}
+    assert [e.sk for e in tracker.tw.fifo] == [0xFFFF888000D39280, 0xFFFF888000D38940,
                                                 0xFFFF888000D38000]
 
 

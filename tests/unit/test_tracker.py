@@ -56,17 +56,17 @@ def nonzero(tracker: Tracker) -> dict[tuple[int, int], int]:
 
 
 def live_timewait(tracker: Tracker) -> list:
-    return [e for e in tracker.timewait if e.state == S.TIME_WAIT]
+    return [e for e in tracker.tw.fifo if e.state == S.TIME_WAIT]
 
 
 def assert_consistent(tracker: Tracker) -> None:
     """The counts are exactly what the table holds: no negative, none lost, none extra."""
     counts = tracker.snapshot()
     assert all(n >= 0 for n in counts.values()), counts
-    expected = Counter((e.port, e.state) for e in tracker.sockets.values())
+    expected = Counter((e.port, e.state) for e in tracker.table.sockets.values())
     expected.update((e.port, S.TIME_WAIT.value) for e in live_timewait(tracker))
     assert {k: n for k, n in counts.items() if n} == dict(expected)
-    assert sum(counts.values()) == len(tracker.sockets) + len(live_timewait(tracker))
+    assert sum(counts.values()) == len(tracker.table.sockets) + len(live_timewait(tracker))
     assert tracker.stats().timewait == len(live_timewait(tracker))
 
 
@@ -90,7 +90,7 @@ def test_client_closes_first_leaves_one_time_wait(play):
     tracker = Tracker(TW_NS, 1000)
     spent = play(tracker, CLIENT_CLOSES_FIRST, step_ns=US)
     assert nonzero(tracker) == {(PORT, S.TIME_WAIT): 1}
-    assert tracker.sockets == {}
+    assert tracker.table.sockets == {}
     assert [e.sk for e in live_timewait(tracker)] == [CLIENT]
     stats = tracker.stats()
     assert (stats.events, stats.sockets, stats.timewait, stats.timewait_entered) == (10, 0, 1, 1)
@@ -233,7 +233,7 @@ def test_time_waits_taken_over_do_not_pile_up_until_they_would_have_expired(even
             for j, (sk, role, old, new, sport, dport) in enumerate(_again(37176))])
     assert tracker.stats().timewait_reused == 9_999
     assert nonzero(tracker) == {(PORT, S.TIME_WAIT): 1}
-    assert len(tracker.timewait) <= 2 + 4096
+    assert len(tracker.tw.fifo) <= 2 + 4096
     tracker.expire(10_000 * 1_000_000 + TW_NS)
     assert nonzero(tracker) == {}
     assert_consistent(tracker)
@@ -275,7 +275,7 @@ def test_socket_first_seen_mid_life_is_tracked(play):
 def test_first_event_is_a_close(play, old, timewait):
     tracker = Tracker(TW_NS, 1000)
     assert play(tracker, [(CLIENT, Role.ACTIVE, old, S.CLOSE, 37176, PORT)]) == [-1]
-    assert tracker.sockets == {}
+    assert tracker.table.sockets == {}
     assert nonzero(tracker) == ({(PORT, S.TIME_WAIT): 1} if timewait else {})
 
 
@@ -287,19 +287,19 @@ def test_eviction_when_the_table_is_full(play):
         (2, Role.ACTIVE, S.SYN_SENT, S.ESTABLISHED, 40002, 443),
         (3, Role.PASSIVE, S.LISTEN, S.SYN_RECV, 8080, 50000),
     ])
-    assert tracker.evicted == tracker.stats().evicted == 1
-    assert sorted(tracker.sockets) == [2, 3]  # the oldest went
+    assert tracker.stats().evicted == 1
+    assert sorted(tracker.table.sockets) == [2, 3]  # the oldest went
     assert nonzero(tracker) == {(443, S.ESTABLISHED): 1, (8080, S.SYN_RECV): 1}
     # An event for the evicted socket starts it again, mid-life.
     play(tracker, [(1, Role.ACTIVE, S.SYN_SENT, S.ESTABLISHED, 40001, 80)], start_ns=2_000_000)
-    assert tracker.evicted == 2
+    assert tracker.stats().evicted == 2
     assert nonzero(tracker) == {(80, S.ESTABLISHED): 1, (8080, S.SYN_RECV): 1}
 
 
 def test_time_wait_eviction_when_full(play):
     tracker = Tracker(TW_NS, 2)
     play(tracker, [(sk, Role.ACTIVE, S.FIN_WAIT2, S.CLOSE, 40000 + sk, 80) for sk in (1, 2, 3)])
-    assert tracker.evicted == 1
+    assert tracker.stats().evicted == 1
     assert [e.sk for e in live_timewait(tracker)] == [2, 3]
     assert nonzero(tracker) == {(80, S.TIME_WAIT): 2}
 
@@ -314,7 +314,7 @@ def test_cancelled_time_wait_does_not_take_a_slot(play, event):
     play(tracker, [(3, Role.ACTIVE, S.FIN_WAIT2, S.CLOSE, 40003, 80)], start_ns=3_000_000)
     assert [e.sk for e in live_timewait(tracker)] == [1, 3]
     assert nonzero(tracker) == {(80, S.TIME_WAIT): 2}
-    assert tracker.evicted == 0
+    assert tracker.stats().evicted == 0
 
 
 def test_server_closes_first_time_wait_is_the_servers(play):
@@ -352,7 +352,7 @@ def test_which_closes_enter_time_wait(play, rows, left):
     tracker = Tracker(TW_NS, 1000)
     play(tracker, rows)
     assert nonzero(tracker) == left
-    assert tracker.sockets == {}
+    assert tracker.table.sockets == {}
 
 
 @pytest.mark.parametrize("timewait_ns, max_sockets", [(0, 10), (-1, 10), (10, 0)])
@@ -402,7 +402,7 @@ def test_random_valid_sequences_keep_counts_consistent(event, seed):
             tracker.apply(event(sk, old, new, ts_ns=now, service_port=ports[sk]))
             state[sk] = None if new == S.CLOSE else new
         assert_consistent(tracker)
-    assert len(tracker.sockets) <= tracker.max_sockets
+    assert len(tracker.table.sockets) <= tracker.max_sockets
     assert len(live_timewait(tracker)) <= tracker.max_sockets
     assert tracker.stats().events == tracker.events
     tracker.expire(now + tracker.timewait_ns)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.core.record import comm_text, family_name, format_addr
+from tracer.core.record import MORE_AT, MORE_STATE_AT, MORE_TS_AT, comm_text, family_name, format_addr, unpack
 from tracer.core.states import ROLE_NAMES, STATE_NAMES
 
 # A life as the tracker hands it to the store: a plain tuple, cheap to make at the
@@ -125,3 +125,24 @@ def from_raw(raw: RawLife, wall: Callable[[int], float]) -> Lifecycle:
         raddr=format_addr(fam, daddr), rport=dport, role=ROLE_NAMES.get(role, "unknown"),
         service_port=port, pid=pid or None, comm=comm_text(comm) or None, open=end_ns is None,
         states=spans)
+
+
+_TIME_WAIT = 6  # TcpState.TIME_WAIT
+
+
+def record_life(uid: int, netns: int, raw: bytes, timewait: bool, end_ns: int | None) -> RawLife:
+    """The RawLife of a socket born and closed in one kernel record (tracer/core/record.py),
+    which the tracker's short path took whole: without a TIME_WAIT it ended at the
+    record's close; with one, its TIME_WAIT began there and ended at ``end_ns``
+    (None: it goes on)."""
+    rec = unpack(raw)
+    more = rec[MORE_AT]
+    codes, stamps = rec[MORE_STATE_AT], rec[MORE_TS_AT:MORE_TS_AT + more]
+    history = [rec[11], rec[0]]
+    for i in range(more - 1):
+        history += (codes[i] & 15, stamps[i])
+    end = stamps[-1]
+    if timewait:
+        history += (_TIME_WAIT, end)
+        end = end_ns
+    return (uid, netns, rec[8], rec[2], rec[5], rec[3], rec[6], rec[12], rec[7], rec[4], rec[14], tuple(history), end)

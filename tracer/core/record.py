@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
+
+import numpy as np
 
 from tracer.core.states import ROLE_NAMES, EventKind, Role, TcpState
 
@@ -55,6 +58,74 @@ RECORD_FORMAT = "<" + "".join(code for _, code in RECORD_FIELDS)
 RECORD_SIZE = struct.calcsize(RECORD_FORMAT)
 RECORD_NAMES = tuple(name for name, _ in RECORD_FIELDS)
 _RECORD = struct.Struct(RECORD_FORMAT)
+
+
+def _offsets(fields: tuple[tuple[str, str], ...]) -> list[int]:
+    """Where each field starts in the packed (``<``, no padding) layout."""
+    out, at = [], 0
+    for _, code in fields:
+        out.append(at)
+        at += struct.calcsize("<" + code)
+    return out
+
+
+# The same record for numpy, so that a batch of records is decoded at once, in place.
+_NUMPY_CODES = {"Q": "<u8", "I": "<u4", "H": "<u2", "B": "u1", "16s": "V16",
+                f"{MORE}s": ("u1", (MORE,)), f"{MORE}Q": ("<u8", (MORE,))}
+
+
+def numpy_dtype(header: int = 0, stride: int = RECORD_SIZE) -> np.dtype:
+    """Records at ``stride`` bytes, each behind ``header`` bytes (the ring buffer's 8)."""
+    return np.dtype({"names": list(RECORD_NAMES), "formats": [_NUMPY_CODES[code] for _, code in RECORD_FIELDS],
+                     "offsets": [header + o for o in _offsets(RECORD_FIELDS)], "itemsize": stride})
+
+
+class RecordBatch(Sequence):
+    """Records as the kernel wrote them, in one bytes object: ``array`` reads every field
+    of every record at once (the tracker's short path), ``[i]`` and iteration give the
+    record tuples (everything else). Records sit at ``stride`` bytes, each behind
+    ``header`` bytes: the ring buffer's layout, so nothing is copied."""
+
+    __slots__ = ("data", "header", "stride", "array", "_n")
+    _dtypes: dict[tuple[int, int], np.dtype] = {}
+
+    def __init__(self, data: bytes, header: int = 0, stride: int = RECORD_SIZE) -> None:
+        if len(data) % stride:
+            raise ValueError(f"{len(data)} bytes are not whole records of {stride}")
+        dtype = self._dtypes.get((header, stride))
+        if dtype is None:
+            dtype = self._dtypes[(header, stride)] = numpy_dtype(header, stride)
+        self.data, self.header, self.stride = data, header, stride
+        self._n = len(data) // stride
+        self.array = np.frombuffer(data, dtype=dtype)
+
+    @classmethod
+    def of(cls, records: Iterable[Record]) -> "RecordBatch":
+        return cls(b"".join(_RECORD.pack(*rec) for rec in records))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError("record index out of range")
+        return _RECORD.unpack_from(self.data, i * self.stride + self.header)
+
+    def __iter__(self) -> Iterator[Record]:
+        for i in range(self._n):
+            yield _RECORD.unpack_from(self.data, i * self.stride + self.header)
+
+    def __add__(self, other: Sequence[Record]) -> list[Record]:
+        return [*self, *other]
+
+    def raw(self, i: int) -> bytes:
+        """Record ``i``'s bytes, as ``unpack`` reads them."""
+        at = i * self.stride + self.header
+        return self.data[at:at + RECORD_SIZE]
 
 
 class Field:

@@ -1,36 +1,43 @@
-"""The socket table: each socket's current state, since when, and what it is.
+"""The tracker: applies the kernel's records to the parts it owns, under one lock.
 
-One writer applies events; readers take snapshots under the same lock. The
-tracepoint never reports TIME_WAIT, so the tracker models it: an orderly active
-close (FIN_WAIT1, FIN_WAIT2 or CLOSING to CLOSE, no reset) hands the connection to
-a timewait mini-socket that lives for the kernel's TIME_WAIT length (TCP_TIMEWAIT_LEN,
-60 s). What no tracepoint shows (a TIME_WAIT killed early, or kept alive by a
-retransmitted FIN that re-arms its timer) comes from the kernel's socket table
-through ``reconcile``, which also tells each socket's network namespace, and
-``load_baseline`` brings in the sockets that existed before the daemon started.
+- the socket table (tracer/core/sockets.py): each full socket's state and identity;
+- the TIME_WAIT model (tracer/core/timewait.py): what the tracepoint never reports;
+- the outcomes (tracer/core/outcomes.py): histograms and counters by service port;
+- the journal (tracer/core/journal.py): the lives the timeline store takes.
+
+One writer applies records; readers take snapshots under the same lock. A record
+is one transition, or a young socket's whole life (tracer/core/record.py). Most
+lives at high churn are born and closed in one record, with no reset and nothing
+stuck on the way: those runs take the short path, whole runs at once with numpy,
+and their sockets never enter the table. Everything else goes one event at a time
+through ``_apply``, with the same result (tests/unit/test_life_records.py).
+What no tracepoint shows comes from the kernel's socket table: ``reconcile``
+corrects the model and names namespaces, ``load_baseline`` brings in the sockets
+that existed before the daemon started.
 """
 
 from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from heapq import heapify, heappop, heappush
-from itertools import count
+from itertools import repeat
+
+import numpy as np
 
 from tracer.core.detector import WATCHED, Report, Rules, Stuck
+from tracer.core.journal import PENDING_LIVES_MAX, Journal
 from tracer.core.kernel_socket import Conn, KernelSocket
-from tracer.core.lifecycle import Lifecycle, RawLife, from_raw, pack_ended, pack_spans, unpack_ended
-from tracer.core.record import MORE_AT, MORE_STATE_AT, MORE_TS_AT, Event, Record, events_of
-from tracer.core.states import (
-    ACTIVE_CLOSE_STATES,
-    F_ROLE_INFERRED,
-    EventKind,
-    Role,
-    TcpState,
-)
+from tracer.core.outcomes import BOUNDS_NS, DURATION_BUCKETS_S, Histogram, Outcomes, OutcomesSnapshot
+from tracer.core.record import MORE, MORE_AT, RECORD_SIZE, Event, Record, RecordBatch, events_of
+from tracer.core.sockets import SocketEntry, SocketTable, intern
+from tracer.core.states import ACTIVE_CLOSE_STATES, EventKind, Role, TcpState
+from tracer.core.timewait import AGE_KNOWN, CONN, EXPIRES, NETNS, SINCE, TimeWait, TimeWaitModel
+
+__all__ = ["DURATION_BUCKETS_S", "Histogram", "OutcomesSnapshot", "PENDING_LIVES_MAX", "RECONCILED_STATES",
+           "SocketEntry", "Tracker", "TrackerStats"]
 
 _CLOSE = TcpState.CLOSE.value
 _TIME_WAIT = TcpState.TIME_WAIT.value
@@ -42,113 +49,27 @@ RECONCILED_STATES = frozenset([s.value for s in WATCHED if s != TcpState.TIME_WA
 _STATE = EventKind.STATE.value
 # A re-armed TIME_WAIT timer shows as more time left in the kernel than in the model.
 _REARM_SLACK_NS = 1_000_000_000
-# Ended TIME_WAITs the expiry FIFO may hold beyond twice the live ones.
-_FIFO_SLACK = 4096
-# Ended lives waiting for the store at most (Tracker.max_pending_lifecycles).
-PENDING_LIVES_MAX = 1 << 20
-
-# Histogram buckets for the time spent in a state and for whole connections:
-# 1-2-5 steps from 10 microseconds to 10 minutes (upper bounds, seconds).
-DURATION_BUCKETS_S: tuple[float, ...] = tuple(
-    m * 10.0 ** e for e in range(-5, 3) for m in (1, 2, 5)) + (600.0,)
-_BOUNDS_NS = [round(b * 1e9) for b in DURATION_BUCKETS_S]
 _LISTEN_OR_CLOSE = frozenset({TcpState.CLOSE.value, TcpState.LISTEN.value})
 _CONNECTION_ROLES = frozenset({Role.ACTIVE.value, Role.PASSIVE.value})
+_SHIFTS = np.arange(MORE, dtype=np.uint64) * np.uint64(8)
 
 
-class Histogram:
-    """Counts per bucket (the last one is +Inf) and the sum, in nanoseconds."""
+@dataclass(frozen=True)
+class Plan:
+    """How a life born and closed in one record goes: the states it visited before
+    CLOSE, whether connect() completed in it (the transition out of SYN_SENT), whether
+    the close is an orderly active one that leaves a TIME_WAIT, and whether connect()
+    failed (SYN_SENT -> CLOSE)."""
 
-    __slots__ = ("counts", "sum_ns")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(_BOUNDS_NS) + 1)
-        self.sum_ns = 0
-
-    def observe(self, ns: int) -> None:
-        self.counts[bisect_left(_BOUNDS_NS, ns)] += 1
-        self.sum_ns += ns
-
-    def copy(self) -> "Histogram":
-        h = Histogram()
-        h.counts = list(self.counts)
-        h.sum_ns = self.sum_ns
-        return h
+    visited: tuple[int, ...]
+    connected: bool
+    to_timewait: bool
+    failed: bool
 
 
-
-
-# Addresses and command names, one bytes object for each value: every record brings
-# its own copies, and a host holding 100,000 connections to a few peers would keep
-# 300,000 of them (tests/bench/tracker_memory.py).
-_INTERNED_MAX = 1 << 16
-_interned: dict[bytes, bytes] = {}
-
-
-def _intern(value: bytes) -> bytes:
-    got = _interned.get(value)
-    if got is None:
-        if len(_interned) >= _INTERNED_MAX:
-            _interned.clear()
-        got = _interned[value] = value
-    return got
-
-
-class SocketEntry:
-    """What the table knows of one socket. Times are monotonic kernel nanoseconds.
-
-    ``age_known`` is False for sockets found in the kernel's table rather than seen
-    entering their state: ``since_ns`` is then when the daemon first saw them.
-    ``expires_ns`` is set for a TIME_WAIT whose end the kernel's timer decides
-    (re-armed, or found in the table), 0 for one the model ends after the standard length.
-    ``history`` is flat, [state, since_ns, state, since_ns, ...]: a list of pairs
-    costs a tuple per transition.
-    """
-
-    __slots__ = (
-        "sk", "state", "since_ns", "first_ns", "port", "role", "family", "saddr", "sport",
-        "daddr", "dport", "pid", "comm", "flags", "reset", "netns", "age_known", "expires_ns",
-        "stuck_state", "opened", "uid", "history", "ended_ns",
-    )
-
-    def __init__(self, ev: Event) -> None:
-        ts, sk, saddr, daddr, pid, sport, dport, svc, fam, _kind, old, new, role, flags, comm = ev
-        self.sk = sk
-        self.state = new
-        self.since_ns = ts
-        self.first_ns = ts
-        self.port = svc
-        self.role = role
-        self.family = fam
-        self.saddr = _intern(saddr)
-        self.sport = sport
-        self.daddr = _intern(daddr)
-        self.dport = dport
-        self.pid = pid
-        self.comm = _intern(comm)
-        self.flags = flags
-        self.reset = False
-        self.netns = 0  # unknown until the kernel's table names it
-        self.age_known = True
-        self.expires_ns = 0
-        self.stuck_state = 0  # the state this socket was last counted stuck in
-        self.opened = old in _LISTEN_OR_CLOSE  # seen opening: first_ns is its birth
-        self.uid = 0  # the timeline's id, given when the table takes the socket
-        # (state, since) for the timeline; a socket first seen at its close was in `old`.
-        self.history: list[int] = [old if new == _CLOSE else new, ts]
-        self.ended_ns = 0
-
-    @property
-    def conn(self) -> Conn:
-        return (self.saddr, self.sport, self.daddr, self.dport)
-
-
-def _plan(first_old: int, first_new: int, codes: bytes, more: int) -> tuple | None:
-    """How a record's life goes, when it is one the short path takes: opened (from
-    CLOSE or a listener), no resets, CLOSE once and last. (states before each later
-    transition, index of the one that completes connect() or -1, whether the close
-    is an orderly active one that leaves a TIME_WAIT, whether connect() failed, the
-    states as bytes)."""
+def _plan(first_old: int, first_new: int, codes: bytes, more: int) -> Plan | None:
+    """The plan of a record the short path takes (opened from CLOSE or a listener, no
+    resets, CLOSE once and last), or None."""
     if first_old not in _LISTEN_OR_CLOSE or first_new == _CLOSE:
         return None
     states = [first_new]
@@ -159,26 +80,8 @@ def _plan(first_old: int, first_new: int, codes: bytes, more: int) -> tuple | No
     if states[-1] != _CLOSE:
         return None
     visited = tuple(states[:-1])
-    connect_at = next((i for i in range(1, len(visited)) if visited[i - 1] == _SYN_SENT), -1)
-    return visited, connect_at, visited[-1] in _ACTIVE_CLOSE, visited[-1] == _SYN_SENT, bytes(visited)
-
-
-def _entry_from_kernel(k: KernelSocket, since_ns: int, role: int, port: int) -> SocketEntry:
-    saddr, sport, daddr, dport = k.conn
-    comm = k.comm.encode()[:15].ljust(16, b"\0")
-    entry = SocketEntry((since_ns, 0, saddr, daddr, k.pid, sport, dport, port, k.family, _STATE, 0,
-                         k.state, role, F_ROLE_INFERRED, comm))
-    entry.netns = k.netns
-    entry.age_known = False
-    return entry
-
-
-@dataclass(frozen=True)
-class Outcomes:
-    state_durations: dict[tuple[int, int], Histogram]
-    connection_durations: dict[tuple[int, int], Histogram]
-    timewait_entered: dict[int, int]
-    connect_failures: dict[tuple[int, str], int]
+    connected = any(visited[i - 1] == _SYN_SENT for i in range(1, len(visited)))
+    return Plan(visited, connected, visited[-1] in _ACTIVE_CLOSE, visited[-1] == _SYN_SENT)
 
 
 @dataclass(frozen=True)
@@ -200,7 +103,7 @@ class TrackerStats:
 
 
 class Tracker:
-    """Applies events to the socket table and keeps per-(port, state) counts."""
+    """Applies records to the socket table and keeps per-(port, state) counts."""
 
     def __init__(self, timewait_ns: int, max_sockets: int, rules: Rules | None = None,
                  keep_lifecycles: bool = False) -> None:
@@ -214,96 +117,75 @@ class Tracker:
         self._floors = [self._stuck_floor.get(state, 1 << 62) for state in range(16)]
         self._min_floor = min(self._floors)
         self.lock = threading.Lock()
-        self.sockets: dict[int, SocketEntry] = {}
-        # Sockets now modelled in TIME_WAIT, oldest first: all share one length, so a
-        # FIFO is also the expiry order. Entries whose end the kernel's timer decides
-        # move to _extended (and are skipped here when they reach the front).
-        self.timewait: deque[SocketEntry] = deque()
-        self._extended: dict[Conn, SocketEntry] = {}
-        # Their ends, soonest first: (expires_ns, tie-break, entry). An end that no
-        # longer holds (the entry left _extended, or its timer moved) is skipped.
-        self._extended_ends: list[tuple[int, int, SocketEntry]] = []
-        self._tie = count()
-        # Every TIME_WAIT by connection: how a reset that follows the close finds it
-        # (the kernel sets CLOSE before it sends an abortive reset), and how the
-        # kernel's socket table is matched against the model.
-        self._timewait_by_conn: dict[Conn, SocketEntry] = {}
-        # Sockets loaded from the kernel's table at start, until an event names them.
-        self._baseline_by_conn: dict[Conn, SocketEntry] = {}
-        # (service port, state) -> sockets now in it. Keys are kept at zero, so a
-        # port in use keeps its series.
+        # (service port, state) -> sockets now in it, the table's and the TIME_WAIT model's.
         self.counts: dict[tuple[int, int], int] = {}
-        # (service port, state) -> sockets that crossed that state's stuck threshold.
-        self.stuck_total: dict[tuple[int, int], int] = {}
-        # (service port, state) -> time spent in the state, observed as sockets leave it.
-        self.state_durations: dict[tuple[int, int], Histogram] = {}
-        # (service port, role) -> lifetime of full sockets seen from their opening to CLOSE.
-        self.connection_durations: dict[tuple[int, int], Histogram] = {}
-        self.timewait_entered_by_port: dict[int, int] = {}
-        # (service port, reason) -> connect() attempts that ended in SYN_SENT -> CLOSE.
-        self.connect_failures: dict[tuple[int, str], int] = {}
+        self.outcome = Outcomes()
+        self.journal = Journal(keep_lifecycles, min(4 * max_sockets, PENDING_LIVES_MAX))
+        self.table = SocketTable(max_sockets, self.counts)
+        self.tw = TimeWaitModel(timewait_ns, max_sockets, self.counts, self.outcome, self.journal,
+                                self._stuck_on_leaving)
         self.events = 0
         # The kernel's clock up to which the reader has applied what the program sent
         # (0: not known; the daemon's event reader keeps it). The kernel's socket table
         # is judged only that far, less a grace: beyond, the model may not know yet.
         self.seen_until_ns = 0
-        self.evicted = 0
-        self.timewait_now = 0  # live TIME_WAIT entries (cancelled ones excluded)
-        self.timewait_entered = 0
-        self.timewait_cancelled = 0
-        self.timewait_reused = 0
         self.timewait_reconciled_removed = 0
         self.timewait_reconciled_added = 0
         self.timewait_rearmed = 0
-        self.live_removed = 0  # full sockets the kernel no longer had
-        self.live_corrected = 0  # full sockets the kernel had in another state
-        self.baseline_sockets = 0
-        self._synthetic_sk = 0  # keys for sockets known only from the kernel's table
-        # The timeline: sockets whose life changed since the last drain, and those
-        # that ended (TIME_WAIT included). Bounded: past the cap the oldest ended ones
-        # are dropped, and counted.
-        self.keep_lifecycles = keep_lifecycles  # only when a store drains them
-        self.next_uid = 1
-        self._changed: dict[int, SocketEntry] = {}
-        self._ended: list[bytes] = []  # lifecycle.pack_ended
-        # Ended lives waiting for the store, packed: past this (about twenty seconds of
-        # the churn ceiling, ~170 MB) the oldest are dropped and counted, so a store that cannot
-        # keep up costs timeline rows, not memory.
-        self.max_pending_lifecycles = min(4 * max_sockets, PENDING_LIVES_MAX)
-        self.lifecycles_dropped = 0
-        # (first old state, first new state, later states) -> _plan(): lives follow few paths.
-        self._plans: dict[tuple[int, int, bytes], tuple | None] = {}
+        # Plan key (tracer.core.record more_state bytes | oldstate << 56 | newstate << 60) ->
+        # Plan or None: lives follow few paths.
+        self._plans: dict[int, Plan | None] = {}
 
-    # -- writer side -------------------------------------------------------------
+    # The timeline's ids continue from the store's (set once at start).
+    @property
+    def next_uid(self) -> int:
+        return self.journal.next_uid
+
+    @next_uid.setter
+    def next_uid(self, uid: int) -> None:
+        self.journal.next_uid = uid
+
+    @property
+    def max_pending_lifecycles(self) -> int:
+        return self.journal.max_pending
+
+    # -- writer side: one event at a time ----------------------------------------
 
     def apply(self, ev: Event) -> int:
         """Applies one event; returns the nanoseconds the socket spent in its
         previous state, or -1 when that is not known."""
-        self.events += 1
-        return self._apply(ev)
+        with self.lock:
+            self.events += 1
+            return self._apply(ev)
+
+    def apply_batch(self, batch: Iterable[Event]) -> None:
+        apply = self._apply
+        with self.lock:
+            for ev in batch:
+                self.events += 1
+                apply(ev)
 
     def _apply(self, ev: Event) -> int:
-        # The hot path: up to ~290,000 events/s at the machine's churn ceiling, so it
-        # works on locals and inlines what a helper would cost a call for
-        # (tests/bench/pipeline.py measures it).
+        # The long path: every event the short path does not take, one at a time. It
+        # works on locals and inlines what a helper would cost a call for.
         ts, sk, saddr, daddr, pid, sport, dport, svc, _fam, kind, ev_old, new, role, flags, comm = ev
         if kind != _STATE:
             self._reset(ev)
             return -1
-        counts = self.counts
-        entry = self.sockets.get(sk)
+        counts, table = self.counts, self.table
+        sockets = table.sockets
+        entry = sockets.get(sk)
         if entry is not None and ev_old in _LISTEN_OR_CLOSE and new != _CLOSE:
             # A socket born at the address of one the table holds: that one's end was
             # never seen (the program was skipped, or not run on top of a blind thread).
             self._vanished(entry, ts)
             entry = None
-        if entry is None and self._baseline_by_conn:
-            entry = self._adopt(sk, (saddr, sport, daddr, dport))
+        if entry is None and table.baseline:
+            entry = table.adopt(sk, (saddr, sport, daddr, dport))
         if entry is None:
             spent = -1
             entry = SocketEntry(ev)
-            entry.uid = self.next_uid
-            self.next_uid += 1
+            entry.uid = self.journal.take_uid()
             old = ev_old
             if new != _CLOSE:
                 self._insert(entry)
@@ -319,10 +201,11 @@ class Tracker:
             # model in another state than the event left: how long is then unknown.
             if entry.age_known and old == ev_old:
                 spent = ts - entry.since_ns
-                h = self.state_durations.get(key)
+                durations = self.outcome.state_durations
+                h = durations.get(key)
                 if h is None:
-                    h = self.state_durations[key] = Histogram()
-                h.counts[bisect_left(_BOUNDS_NS, spent)] += 1
+                    h = durations[key] = Histogram()
+                h.counts[bisect_left(BOUNDS_NS, spent)] += 1
                 h.sum_ns += spent
                 if spent > self._floors[old]:
                     self._count_stuck(entry, spent)
@@ -335,14 +218,14 @@ class Tracker:
             entry.role = role
             entry.sport = sport  # 0 until connect() has bound the socket
             if saddr != entry.saddr:
-                entry.saddr = _intern(saddr)
+                entry.saddr = intern(saddr)
             if pid:
                 entry.pid = pid
                 if comm != entry.comm:
-                    entry.comm = _intern(comm)
+                    entry.comm = intern(comm)
             entry.flags = flags
             if new == _CLOSE:  # CLOSE ends the life (or hands it to TIME_WAIT)
-                del self.sockets[sk]
+                del sockets[sk]
             else:
                 entry.history += (new, ts)
                 if old == _SYN_SENT:
@@ -353,135 +236,106 @@ class Tracker:
             else:
                 self._end(entry, ts)
             if old == _SYN_SENT:
-                key = (svc, "refused" if entry.reset else "timeout")
-                self.connect_failures[key] = self.connect_failures.get(key, 0) + 1
+                self.outcome.connect_failed(svc, "refused" if entry.reset else "timeout")
             if entry.opened and entry.role in _CONNECTION_ROLES:
-                self._observe(self.connection_durations, (svc, entry.role), ts - entry.first_ns)
+                self.outcome.observe(self.outcome.connection_durations, (svc, entry.role), ts - entry.first_ns)
         else:
             key = (svc, new)
             counts[key] = counts.get(key, 0) + 1
-            if self.keep_lifecycles:
-                self._changed[entry.uid] = entry
+            if self.journal.keep:
+                self.journal.changed[entry.uid] = entry
         return spent
+
+    def _insert(self, entry: SocketEntry) -> None:
+        evicted = self.table.insert(entry)
+        if evicted is not None:
+            self.journal.changed.pop(evicted.uid, None)  # no longer followed: its record stays as last written
 
     def _vanished(self, entry: SocketEntry, now_ns: int) -> None:
         """Ends a tracked socket the kernel no longer has (counted as gone)."""
-        del self.sockets[entry.sk]
-        self.counts[(entry.port, entry.state)] -= 1
-        if self._baseline_by_conn.get(entry.conn) is entry:
-            del self._baseline_by_conn[entry.conn]
-        self.live_removed += 1
+        self.table.remove(entry)
         self._end(entry, now_ns)
-
-    def _take_uid(self) -> int:
-        uid = self.next_uid
-        self.next_uid += 1
-        return uid
 
     def _end(self, entry: SocketEntry, end_ns: int) -> None:
         """The socket's life is over: it goes to the timeline once more, closed."""
         entry.ended_ns = end_ns
-        if not self.keep_lifecycles:
+        journal = self.journal
+        if not journal.keep:
             return
-        self._changed.pop(entry.uid, None)
+        journal.changed.pop(entry.uid, None)
         if entry.uid:  # 0: never a life of its own
-            e = entry
-            self._pend(pack_ended((e.uid, e.netns, e.family, e.saddr, e.sport, e.daddr, e.dport, e.role, e.port,
-                                   e.pid, e.comm, e.history, end_ns)))
+            from tracer.core.lifecycle import pack_ended
 
-    def _pend(self, packed: bytes) -> None:
-        ended = self._ended
-        if len(ended) >= self.max_pending_lifecycles:
-            dropped = len(ended) // 4  # the store has not kept up: drop the oldest quarter
-            del ended[:dropped]
-            self.lifecycles_dropped += dropped
-        ended.append(packed)
+            journal.pend(pack_ended(entry.raw_life(end_ns)))
 
-    @staticmethod
-    def _observe(table: dict, key: tuple, ns: int) -> None:
-        h = table.get(key)
-        if h is None:
-            h = table[key] = Histogram()
-        h.observe(ns)
+    def _connected(self, conn: Conn) -> None:
+        """An active opener's connection is complete only after connect() bound its port."""
+        tw = self.tw
+        if tw.by_conn:
+            # tcp_tw_reuse: a connect() may take over a TIME_WAIT of the same connection.
+            earlier = tw.by_conn.get(conn)
+            if earlier is not None:
+                tw.cancel(earlier, earlier[SINCE])
+                tw.reused += 1
+        if self.table.baseline:
+            # Opened while the baseline was read: the table had it too.
+            twin = self.table.drop_twin(conn)
+            if twin is not None:
+                self.journal.changed.pop(twin.uid, None)
+                twin.uid = 0  # never a life of its own: the event's socket is the same one
 
-    def apply_batch(self, batch: list[Event]) -> None:
-        apply = self._apply
-        with self.lock:
-            self.events += len(batch)
-            for ev in batch:
-                apply(ev)
+    def _enter_timewait(self, entry: SocketEntry) -> TimeWait:
+        """A socket of the table closed actively: its connection enters TIME_WAIT."""
+        if entry.state != _TIME_WAIT:  # a full socket's close (kernel-found ones arrive in it)
+            entry.history += (_TIME_WAIT, entry.since_ns)
+        entry.state = _TIME_WAIT
+        tw = TimeWait((entry.conn, entry.since_ns, entry.port, entry.uid, entry, entry.netns, 0, 0, _TIME_WAIT,
+                       entry.age_known, entry.first_ns))
+        self.tw.enter(tw)
+        return tw
 
-    def apply_records(self, batch: list[Record]) -> None:
+    def _reset(self, ev: Event) -> None:
+        entry = self.table.sockets.get(ev[1])
+        if entry is not None:
+            entry.reset = True
+            return
+        self.tw.reset((ev[2], ev[5], ev[3], ev[6]), ev[0])
+
+    def _count_stuck(self, entry: SocketEntry | TimeWait, age_ns: int) -> None:
+        """Counts a socket once per visit to a state, when its age passes the state's threshold."""
+        rule = self.rules.rule(entry.port, entry.state) if self.rules else None
+        if rule is not None and age_ns > rule.threshold_ns and entry.stuck_state != entry.state:
+            entry.stuck_state = entry.state
+            self.outcome.stuck(entry.port, entry.state)
+
+    def _stuck_on_leaving(self, entry: TimeWait, age_ns: int) -> None:
+        if age_ns > self._floors[_TIME_WAIT]:
+            self._count_stuck(entry, age_ns)
+
+    # -- writer side: the kernel's records ---------------------------------------
+
+    def apply_records(self, batch: Sequence[Record] | RecordBatch) -> None:
         """Applies the kernel's records (tracer/core/record.py): a record of one event
-        as that event, a young socket's whole life at once."""
-        apply, life = self._apply, self._apply_life
-        n = 0
+        as that event, a young socket's whole life at once; runs of lives the short
+        path takes at once."""
+        if not isinstance(batch, RecordBatch):
+            batch = RecordBatch.of(batch)
+        n = len(batch)
+        if not n:
+            return
+        a = batch.array
         with self.lock:
-            for rec in batch:
-                if rec[MORE_AT]:
-                    n += life(rec)
-                else:
-                    n += 1
-                    apply(rec[:MORE_AT])
-            self.events += n
-
-    def _apply_life(self, rec: Record) -> int:
-        """The events of one record, with the effect of applying them one by one. A
-        life born and ended in the record (most of them, at high churn) takes a short
-        path: its socket never enters the table. Returns the events applied."""
-        more = rec[MORE_AT]
-        plan = self._plans.get((rec[10], rec[11], rec[MORE_STATE_AT]), False)
-        if plan is False:
-            plan = self._plans[(rec[10], rec[11], rec[MORE_STATE_AT])] = _plan(rec[10], rec[11], rec[MORE_STATE_AT], more)
-        sockets = self.sockets
-        if (plan is None or rec[9] != _STATE or rec[12] not in _CONNECTION_ROLES or rec[1] in sockets
-                or len(sockets) >= self.max_sockets
-                or self._baseline_by_conn and (rec[2], rec[5], rec[3], rec[6]) in self._baseline_by_conn):
-            return self._apply_events(rec)
-        visited, connect_at, to_timewait, failed, states = plan
-        stamps = rec[MORE_TS_AT:MORE_TS_AT + more]
-        born, died = rec[0], stamps[-1]
-        if died - born > self._min_floor:  # long enough to have been stuck on the way
-            floors, before = self._floors, born
-            for old, ts in zip(visited, stamps):
-                if ts - before > floors[old]:  # the long path counts it
-                    return self._apply_events(rec)
-                before = ts
-        svc = rec[7]
-        counts, durations = self.counts, self.state_durations
-        before = born
-        for i, old in enumerate(visited):
-            ts = stamps[i]
-            spent = ts - before
-            key = (svc, old)
-            h = durations.get(key)
-            if h is None:
-                h = durations[key] = Histogram()
-                counts.setdefault(key, 0)
-            h.counts[bisect_left(_BOUNDS_NS, spent)] += 1
-            h.sum_ns += spent
-            before = ts
-        uid = self.next_uid
-        self.next_uid += 1
-        if connect_at >= 0 and self._timewait_by_conn:
-            self._connected((rec[2], rec[5], rec[3], rec[6]))
-        if to_timewait:  # the TIME_WAIT model needs the socket
-            entry = SocketEntry(rec[:MORE_AT])
-            entry.uid = uid
-            history = entry.history
-            for i in range(1, more):
-                history += (visited[i], stamps[i - 1])
-            entry.state = _CLOSE
-            entry.since_ns = died
-            self._enter_timewait(entry)
-        elif self.keep_lifecycles:  # straight to the timeline, packed as _end packs it
-            self._pend(pack_spans(uid, 0, rec[8], rec[2], rec[5], rec[3], rec[6], rec[12], svc, rec[4], rec[14],
-                                  states, (born, *stamps[:-1]), died))
-        if failed:
-            key = (svc, "timeout")
-            self.connect_failures[key] = self.connect_failures.get(key, 0) + 1
-        self._observe(self.connection_durations, (svc, rec[12]), died - born)
-        return 1 + more
+            plans, which = self._plans_of(a)
+            short = self._short_candidates(a, plans, which)
+            long = np.flatnonzero(~short).tolist()
+            start = applied = 0
+            for i in long + [n]:
+                if i > start:
+                    applied += self._short_runs(batch, plans, which, start, i)
+                if i < n:
+                    applied += self._apply_events(batch[i])
+                start = i + 1
+            self.events += applied
 
     def _apply_events(self, rec: Record) -> int:
         """The long path: the record's events one by one."""
@@ -490,155 +344,192 @@ class Tracker:
             self._apply(ev)
         return len(events)
 
-    def expire(self, now_ns: int) -> None:
-        """Ends the TIME_WAITs whose time is up."""
-        tw = self.timewait
-        horizon = now_ns - self.timewait_ns
-        ends = self._extended_ends
-        if (not tw or tw[0].since_ns > horizon) and (not ends or ends[0][0] > now_ns):
+    def _plans_of(self, a: np.ndarray) -> tuple[list[Plan | None], np.ndarray]:
+        """The distinct plans of a batch, and which one each record follows."""
+        key = ((a["more_state"].astype(np.uint64) << _SHIFTS).sum(axis=1, dtype=np.uint64)
+               | a["oldstate"].astype(np.uint64) << np.uint64(56) | a["newstate"].astype(np.uint64) << np.uint64(60))
+        keys, which = np.unique(key, return_inverse=True)
+        plans = []
+        for k in keys.tolist():
+            plan = self._plans.get(k, False)
+            if plan is False:
+                codes = k.to_bytes(8, "little")[:MORE].rstrip(b"\0")
+                plan = self._plans[k] = _plan(k >> 56 & 15, k >> 60, codes, len(codes))
+            plans.append(plan)
+        return plans, which.reshape(-1)
+
+    def _short_candidates(self, a: np.ndarray, plans: list[Plan | None], which: np.ndarray) -> np.ndarray:
+        """Records the short path may take, as far as they alone tell: a life opened
+        and closed in the record along a plan, no reset, nothing stuck on the way."""
+        more = a["more"]
+        role = a["role"]
+        ok = np.array([p is not None for p in plans])[which]
+        ok &= (more > 0) & (a["kind"] == _STATE) & ((role == Role.ACTIVE.value) | (role == Role.PASSIVE.value))
+        ok &= np.count_nonzero(a["more_state"], axis=1) == more
+        if not ok.any():
+            return ok
+        # Long enough to have been stuck on the way: the long path counts it.
+        died = a["more_ts"][np.arange(len(a)), np.maximum(more.astype(np.int64) - 1, 0)]
+        long_lived = ok & (died.astype(np.int64) - a["ts_ns"].astype(np.int64) > self._min_floor)
+        for i in np.flatnonzero(long_lived).tolist():
+            plan = plans[which[i]]
+            before = int(a["ts_ns"][i])
+            for old, ts in zip(plan.visited, a["more_ts"][i].tolist()):
+                if ts - before > self._floors[old]:
+                    ok[i] = False
+                    break
+                before = ts
+        return ok
+
+    def _short_runs(self, batch: RecordBatch, plans: list[Plan | None], which: np.ndarray,
+                    start: int, end: int) -> int:
+        """Records [start, end) are short-path candidates: those the table does not
+        hold (nor its baseline) go at once; one it holds goes the long path, in order."""
+        table = self.table
+        if len(table.sockets) >= self.max_sockets:
+            return sum(self._apply_events(batch[i]) for i in range(start, end))
+        applied, pos = 0, start
+        while pos < end:
+            clash = self._first_clash(batch.array, pos, end)
+            if clash > pos:
+                applied += self._short_run(batch, plans, which, pos, clash)
+            if clash < end:  # the long path may add to the table: what follows is judged again
+                applied += self._apply_events(batch[clash])
+            pos = clash + 1
+        return applied
+
+    def _first_clash(self, a: np.ndarray, start: int, end: int) -> int:
+        """The first record of [start, end) whose socket the table holds (or its baseline
+        the connection), else ``end``."""
+        table = self.table
+        sks = a["skaddr"][start:end].tolist()
+        first = end
+        if not table.sockets.keys().isdisjoint(sks):
+            first = start + next(i for i, sk in enumerate(sks) if sk in table.sockets)
+        if table.baseline:
+            conns = zip(a["saddr"][start:first].tolist(), a["sport"][start:first].tolist(),
+                        a["daddr"][start:first].tolist(), a["dport"][start:first].tolist())
+            first = next((start + i for i, c in enumerate(conns) if c in table.baseline), first)
+        return first
+
+    def _short_run(self, batch: RecordBatch, plans: list[Plan | None], which: np.ndarray,
+                   start: int, end: int) -> int:
+        """Applies records [start, end) at once, as ``_apply`` would one by one: the
+        histograms and counters, then the TIME_WAIT model and the journal in record order."""
+        a = batch.array[start:end]
+        n = end - start
+        run_which = which[start:end]
+        svc = a["service_port"]
+        born = a["ts_ns"].astype(np.int64)
+        stamps = a["more_ts"].astype(np.int64)
+        more = a["more"].astype(np.int64)
+        died = stamps[np.arange(n), more - 1]
+        outcome, counts = self.outcome, self.counts
+        tw_rows: list[int] = []
+        connected = np.zeros(n, dtype=bool)
+        failed_ports: list[int] = []
+        for p in np.unique(run_which).tolist():
+            plan = plans[p]
+            rows = np.flatnonzero(run_which == p)
+            m = len(plan.visited)
+            times = np.empty((len(rows), m + 1), dtype=np.int64)
+            times[:, 0] = born[rows]
+            times[:, 1:] = stamps[rows, :m]
+            for key in outcome.observe_spans(outcome.state_durations, svc[rows], list(plan.visited), np.diff(times)):
+                counts.setdefault(key, 0)
+            if plan.to_timewait:
+                tw_rows += rows.tolist()
+            if plan.connected:
+                connected[rows] = True
+            if plan.failed:
+                failed_ports += svc[rows].tolist()
+        role = a["role"]
+        for r in np.unique(role).tolist():
+            rows = np.flatnonzero(role == r)
+            outcome.observe_spans(outcome.connection_durations, svc[rows], [r], (died[rows] - born[rows]).reshape(-1, 1))
+        for port, k in Counter(failed_ports).items():
+            outcome.connect_failed(port, "timeout", k)
+        uids = self.journal.take_uids(n)
+        self._short_lives(batch, start, end, uids, sorted(tw_rows), connected, died)
+        return n + int(more.sum())
+
+    def _short_lives(self, batch: RecordBatch, start: int, end: int, uids: range, tw_rows: list[int],
+                     connected: np.ndarray, died: np.ndarray) -> None:
+        """The run's TIME_WAIT model and journal: connections that take over a
+        TIME_WAIT end it, lives that close actively enter TIME_WAIT, the others end."""
+        a = batch.array[start:end]
+        n = end - start
+        tw, journal = self.tw, self.journal
+        first = start * batch.stride + batch.header
+        raws = list(map(batch.data.__getitem__, map(slice, range(first, first + n * batch.stride, batch.stride),
+                                                    range(first + RECORD_SIZE, first + RECORD_SIZE + n * batch.stride,
+                                                          batch.stride))))
+        to_tw = np.zeros(n, dtype=bool)
+        to_tw[tw_rows] = True
+        ended, ended_at = [], []  # lives that end, and where: 2 * record (+1 for its own end)
+        if tw.by_conn or tw_rows:
+            conns = list(zip(a["saddr"].tolist(), a["sport"].tolist(), a["daddr"].tolist(), a["dport"].tolist()))
+            involved = np.flatnonzero(connected | to_tw)
+            inv_conns = _pick(conns, involved)
+            if len(set(inv_conns)) < len(inv_conns):
+                return self._short_lives_in_order(a, raws, uids, conns, connected, to_tw, died.tolist())
+            if tw.by_conn:
+                earlier = list(map(tw.by_conn.get, inv_conns))
+                hit = [i for i, e in enumerate(earlier) if e is not None]
+                if hit:
+                    rows = involved[hit]
+                    taken = _pick(earlier, hit)
+                    # A connect() takes a TIME_WAIT over at its own start; an active close
+                    # of a connection still in TIME_WAIT ends it at the close.
+                    ends = np.where(connected[rows], np.array([e[SINCE] for e in taken], dtype=np.int64),
+                                    died[rows]).tolist()
+                    ended = tw.take_over(taken, ends)
+                    ended_at = (2 * rows).tolist()
+            if tw_rows:
+                entries = list(map(TimeWait, zip(
+                    _pick(conns, tw_rows), died[tw_rows].tolist(), a["service_port"][tw_rows].tolist(),
+                    _pick(uids, tw_rows), _pick(raws, tw_rows), repeat(0), repeat(0), repeat(0),
+                    repeat(_TIME_WAIT), repeat(True), a["ts_ns"][tw_rows].tolist())))
+                if tw.fits(len(entries)):
+                    tw.enter_run(entries)
+                else:
+                    for e in entries:
+                        tw.enter(e)
+        if not journal.keep:
             return
-        with self.lock:
-            while tw and tw[0].since_ns <= horizon:
-                entry = tw.popleft()
-                if not entry.expires_ns:  # the kernel's timer decides an extended one's end
-                    self._leave_timewait(entry, entry.since_ns + self.timewait_ns)
-            extended = self._extended
-            while ends and ends[0][0] <= now_ns:
-                at, _, entry = heappop(ends)
-                if entry.expires_ns == at and extended.get(entry.conn) is entry:
-                    self._leave_timewait(entry, at)
+        own = np.flatnonzero(~to_tw)
+        ended += zip(_pick(uids, own), repeat(0), _pick(raws, own), repeat(False), repeat(None))
+        ended_at += (2 * own + 1).tolist()
+        if len(own) < len(ended):  # interleave by record, as one by one
+            ended = _pick(ended, np.argsort(np.array(ended_at), kind="stable"))
+        journal.pend_many(ended)
 
-    def _extend(self, entry: SocketEntry, expires_ns: int) -> None:
-        """The kernel's timer ends this TIME_WAIT, at ``expires_ns``."""
-        entry.expires_ns = expires_ns
-        extended, ends = self._extended, self._extended_ends
-        extended[entry.conn] = entry
-        heappush(ends, (expires_ns, next(self._tie), entry))
-        if len(ends) > 2 * len(extended) + _FIFO_SLACK:  # ends that no longer hold keep their entries
-            self._extended_ends = [(e.expires_ns, next(self._tie), e) for e in extended.values()]
-            heapify(self._extended_ends)
-
-    def _insert(self, entry: SocketEntry) -> None:
-        sockets = self.sockets
-        if len(sockets) >= self.max_sockets:
-            oldest = sockets.pop(next(iter(sockets)))
-            self.counts[(oldest.port, oldest.state)] -= 1
-            self._changed.pop(oldest.uid, None)  # no longer followed: its record stays as last written
-            if self._baseline_by_conn.get(oldest.conn) is oldest:
-                del self._baseline_by_conn[oldest.conn]
-            self.evicted += 1
-        sockets[entry.sk] = entry
-        self.counts.setdefault((entry.port, entry.state), 0)
-
-    def _connected(self, conn: Conn) -> None:
-        """An active opener's connection is complete only after connect() bound its port."""
-        if self._timewait_by_conn:
-            # tcp_tw_reuse: a connect() may take over a TIME_WAIT of the same connection.
-            earlier = self._timewait_by_conn.get(conn)
-            if earlier is not None:
-                self._cancel_timewait(earlier, earlier.since_ns)
-                self.timewait_reused += 1
-        if self._baseline_by_conn:
-            # Opened while the baseline was read: the table had it too.
-            twin = self._baseline_by_conn.pop(conn, None)
-            if twin is not None:
-                del self.sockets[twin.sk]
-                self.counts[(twin.port, twin.state)] -= 1
-                self.baseline_sockets -= 1
-                self._changed.pop(twin.uid, None)
-                twin.uid = 0  # never a life of its own: the event's socket is the same one
-
-    def _adopt(self, sk: int, conn: Conn) -> SocketEntry | None:
-        """The first event of a socket loaded from the kernel's table: it gets its identity."""
-        entry = self._baseline_by_conn.pop(conn, None)
-        if entry is not None:
-            del self.sockets[entry.sk]
-            entry.sk = sk
-            self.sockets[sk] = entry
-        return entry
-
-    def _enter_timewait(self, entry: SocketEntry) -> None:
-        conn = entry.conn
-        earlier = self._timewait_by_conn.get(conn)
-        if earlier is not None:  # the kernel holds one TIME_WAIT per connection
-            self._cancel_timewait(earlier, entry.since_ns)
-            self.timewait_reused += 1
-        while self.timewait_now >= self.max_sockets:
-            if self.timewait:
-                oldest = self.timewait.popleft()
-                if oldest.state != _TIME_WAIT or oldest.expires_ns:
-                    continue  # cancelled, or in _extended
-            else:
-                oldest = next(iter(self._extended.values()))
-            self.evicted += 1
-            self._cancel_timewait(oldest, entry.since_ns)
-        if entry.state != _TIME_WAIT:  # a full socket's close (kernel-found ones arrive in it)
-            entry.history += (_TIME_WAIT, entry.since_ns)
-        entry.state = _TIME_WAIT
-        entry.stuck_state = 0
-        if self.keep_lifecycles:
-            self._changed[entry.uid] = entry
-        tw = self.timewait
-        tw.append(entry)
-        if len(tw) > 2 * self.timewait_now + _FIFO_SLACK:
-            # An ended TIME_WAIT (taken over by a new connection, reset, reconciled) leaves
-            # the FIFO only at its front, a TIME_WAIT length later: churn that reuses its
-            # ports would keep a minute of them, a gigabyte at this machine's ceiling.
-            self.timewait = deque(e for e in tw if e.state == _TIME_WAIT)
-        self._timewait_by_conn[conn] = entry
-        key = (entry.port, _TIME_WAIT)
-        self.counts[key] = self.counts.get(key, 0) + 1
-        self.timewait_now += 1
-        self.timewait_entered += 1
-        self.timewait_entered_by_port[entry.port] = self.timewait_entered_by_port.get(entry.port, 0) + 1
-
-    def _timewait_age(self, entry: SocketEntry, now_ns: int) -> int:
-        """A TIME_WAIT the model ends on schedule is never older than the TIME_WAIT
-        length, however late the daemon gets round to ending it."""
-        age = now_ns - entry.since_ns
-        return age if entry.expires_ns else min(age, self.timewait_ns)
-
-    def _leave_timewait(self, entry: SocketEntry, now_ns: int) -> None:
-        if entry.state != _TIME_WAIT:  # cancelled meanwhile
-            return
-        spent = self._timewait_age(entry, now_ns)
-        if entry.age_known:
-            self._observe(self.state_durations, (entry.port, _TIME_WAIT), spent)
-            if spent > self._stuck_floor.get(_TIME_WAIT, spent):
-                self._count_stuck(entry, spent)
-        self._cancel_timewait(entry, now_ns)
-
-    def _cancel_timewait(self, entry: SocketEntry, end_ns: int) -> None:
-        """Ends a TIME_WAIT; a FIFO entry leaves the FIFO when it reaches the front."""
-        self._end(entry, end_ns)
-        self.counts[(entry.port, _TIME_WAIT)] -= 1
-        self.timewait_now -= 1
-        entry.state = _CLOSE
-        conn = entry.conn
-        if self._timewait_by_conn.get(conn) is entry:
-            del self._timewait_by_conn[conn]
-        if self._extended.get(conn) is entry:
-            del self._extended[conn]
-
-    def _reset(self, ev: Event) -> None:
-        entry = self.sockets.get(ev[1])
-        if entry is not None:
-            entry.reset = True
-            return
-        entry = self._timewait_by_conn.get((ev[2], ev[5], ev[3], ev[6]))
-        if entry is not None:
-            self._cancel_timewait(entry, ev[0])
-            self.timewait_cancelled += 1
-
-    def _count_stuck(self, entry: SocketEntry, age_ns: int) -> None:
-        """Counts a socket once per visit to a state, when its age passes the state's threshold."""
-        rule = self.rules.rule(entry.port, entry.state) if self.rules else None
-        if rule is not None and age_ns > rule.threshold_ns and entry.stuck_state != entry.state:
-            entry.stuck_state = entry.state
-            key = (entry.port, entry.state)
-            self.stuck_total[key] = self.stuck_total.get(key, 0) + 1
+    def _short_lives_in_order(self, a: np.ndarray, raws: list[bytes], uids: range, conns: list[Conn],
+                              connected: np.ndarray, to_tw: np.ndarray, died: list[int]) -> None:
+        """``_short_lives`` one record at a time, for a run in which a connection comes
+        twice (it takes over its own TIME_WAIT)."""
+        tw, journal = self.tw, self.journal
+        ports, borns = a["service_port"].tolist(), a["ts_ns"].tolist()
+        for i in range(len(raws)):
+            if connected[i] and tw.by_conn:
+                earlier = tw.by_conn.get(conns[i])
+                if earlier is not None:
+                    tw.cancel(earlier, earlier[SINCE])
+                    tw.reused += 1
+            if to_tw[i]:
+                tw.enter(TimeWait((conns[i], died[i], ports[i], uids[i], raws[i], 0, 0, 0, _TIME_WAIT, True,
+                                   borns[i])))
+            elif journal.keep:
+                journal.pend((uids[i], 0, raws[i], False, None))
 
     # -- the kernel's socket table -----------------------------------------------
+
+    def expire(self, now_ns: int) -> None:
+        """Ends the TIME_WAITs whose time is up."""
+        if not self.tw.due(now_ns):
+            return
+        with self.lock:
+            self.tw.expire(now_ns)
 
     def load_baseline(self, kernel: Iterable[KernelSocket], now_ns: int,
                       ephemeral: range = range(32768, 61000)) -> int:
@@ -648,11 +539,11 @@ class Tracker:
         local port is outside the ephemeral range while its peer's is inside it (its
         listener may be gone); any other is the active opener."""
         kernel = list(kernel)
-        listening = {k.conn[1] for k in kernel if k.state == _LISTEN}
+        listening = {k.sport for k in kernel if k.state == _LISTEN}
         loaded = 0
         with self.lock:
             for k in kernel:
-                lport, rport = k.conn[1], k.conn[3]
+                lport, rport = k.sport, k.dport
                 if k.state == _LISTEN:
                     role, port = Role.LISTENER.value, lport
                 elif lport in listening or (lport not in ephemeral and rport in ephemeral):
@@ -660,35 +551,29 @@ class Tracker:
                 else:
                     role, port = Role.ACTIVE.value, rport
                 if k.state == _TIME_WAIT:
-                    if k.conn not in self._timewait_by_conn:
+                    if k.conn not in self.tw:
                         self._add_kernel_timewait(k, now_ns, role, port)
                         loaded += 1
                     continue
                 if k.state == _CLOSE:
                     continue
-                self._synthetic_sk -= 1
-                entry = _entry_from_kernel(k, now_ns, role, port)
-                entry.sk = self._synthetic_sk
-                entry.uid = self._take_uid()
-                if self.keep_lifecycles:
-                    self._changed[entry.uid] = entry
-                self._insert(entry)
-                self.counts[(port, k.state)] += 1
-                self._baseline_by_conn[k.conn] = entry
+                entry = SocketEntry.from_kernel(k, now_ns, role, port)
+                entry.uid = self.journal.take_uid()
+                if self.journal.keep:
+                    self.journal.changed[entry.uid] = entry
+                self.table.add_baseline(entry)
                 loaded += 1
-            self.baseline_sockets += loaded
+            self.table.baseline_sockets += loaded
         return loaded
 
-    def _add_kernel_timewait(self, k: KernelSocket, now_ns: int, role: int, port: int) -> SocketEntry:
+    def _add_kernel_timewait(self, k: KernelSocket, now_ns: int, role: int, port: int) -> TimeWait:
         # Without a re-arm the TIME_WAIT began (length - time left) ago; that is a
         # lower bound of its age, hence age_known stays False.
-        since = self._kernel_began(k, now_ns)
-        entry = _entry_from_kernel(k, since, role, port)
-        entry.uid = self._take_uid()
-        entry.expires_ns = now_ns + k.expires_ns
-        self._enter_timewait(entry)
-        self._extend(entry, entry.expires_ns)
-        return entry
+        entry = SocketEntry.from_kernel(k, self._kernel_began(k, now_ns), role, port)
+        entry.uid = self.journal.take_uid()
+        tw = self._enter_timewait(entry)
+        self.tw.extend(tw, now_ns + k.expires_ns)
+        return tw
 
     def _kernel_began(self, k: KernelSocket, at_ns: int) -> int:
         """When a TIME_WAIT the kernel's table showed at ``at_ns`` began, or was last re-armed."""
@@ -713,23 +598,25 @@ class Tracker:
         # reused a TIME_WAIT's ports shows in the table as that TIME_WAIT re-armed.
         horizon = min(dumped_at_ns, self.seen_until_ns or dumped_at_ns) - grace_ns
         ending = dumped_at_ns - self.timewait_ns + grace_ns
+        tw = self.tw
         with self.lock:
-            for conn, entry in list(self._timewait_by_conn.items()):
+            for conn, entry in list(tw.by_conn.items()):
                 k = kernel.get(conn)
+                since, expires = entry[SINCE], entry[EXPIRES]
                 if k is None or k.state != _TIME_WAIT:
-                    if entry.since_ns < horizon and (entry.expires_ns or entry.since_ns > ending):
-                        self._cancel_timewait(entry, dumped_at_ns)
+                    if since < horizon and (expires or since > ending):
+                        tw.cancel(entry, dumped_at_ns)
                         removed += 1
                     continue
-                entry.netns = k.netns
-                model_left = (entry.expires_ns or entry.since_ns + self.timewait_ns) - dumped_at_ns
+                entry[NETNS] = k.netns
+                model_left = (expires or since + self.timewait_ns) - dumped_at_ns
                 began = self._kernel_began(k, dumped_at_ns)  # or was last re-armed
                 if k.expires_ns > model_left + _REARM_SLACK_NS and began < horizon:
-                    if not entry.expires_ns:
+                    if not expires:
                         self.timewait_rearmed += 1
-                    self._extend(entry, dumped_at_ns + k.expires_ns)
+                    tw.extend(entry, dumped_at_ns + k.expires_ns)
             for conn, k in kernel.items():
-                if k.state == _TIME_WAIT and conn not in self._timewait_by_conn:
+                if k.state == _TIME_WAIT and conn not in tw.by_conn:
                     since = self._kernel_began(k, dumped_at_ns)
                     if since < horizon:
                         self._add_kernel_timewait(k, dumped_at_ns, Role.UNKNOWN.value, conn[3])
@@ -743,8 +630,7 @@ class Tracker:
         """Full sockets in the states the table was read for: a missed transition (the
         kernel skips the program now and then) must not leave a socket in a state it
         has left, or in the table after it is gone. Caller holds the lock."""
-        counts = self.counts
-        for entry in list(self.sockets.values()):
+        for entry in list(self.table.sockets.values()):
             if entry.state not in RECONCILED_STATES or entry.since_ns >= horizon or not entry.sport:
                 continue  # not read, too young to judge, or connect() has not bound it yet
             k = kernel.get(entry.conn)
@@ -754,23 +640,16 @@ class Tracker:
             if k is None:
                 self._vanished(entry, dumped_at_ns)
             else:
-                counts[(entry.port, entry.state)] -= 1
-                entry.state = k.state
-                entry.since_ns = dumped_at_ns
-                entry.history += (k.state, dumped_at_ns)
-                if self.keep_lifecycles:
-                    self._changed[entry.uid] = entry
-                entry.age_known = False
+                self.table.move(entry, k.state, dumped_at_ns)
                 entry.netns = k.netns
-                key = (entry.port, k.state)
-                counts[key] = counts.get(key, 0) + 1
-                self.live_corrected += 1
+                if self.journal.keep:
+                    self.journal.changed[entry.uid] = entry
 
     # -- reader side -------------------------------------------------------------
 
     def in_timewait(self, ev: Event) -> bool:
         """Whether the connection of this event is now modelled in TIME_WAIT."""
-        return (ev[2], ev[5], ev[3], ev[6]) in self._timewait_by_conn
+        return (ev[2], ev[5], ev[3], ev[6]) in self.tw
 
     def snapshot(self) -> dict[tuple[int, int], int]:
         """(service port, state) -> sockets now in that state, TIME_WAIT included."""
@@ -784,23 +663,37 @@ class Tracker:
         it, so the writer waits only for the copy.
         """
         with self.lock:
-            live = list(self.sockets.values())
-            timewait = list(self._timewait_by_conn.values())
+            live = list(self.table.sockets.values())
+            timewait = self.tw.entries()
             ports = {port for port, _ in self.counts}
         stuck: list[Stuck] = []
         oldest: dict[tuple[int, int], int] = {}
-        counts = {(port, state): 0 for port in ports for state in self._stuck_floor}
+        floors = self._stuck_floor
+        counts = {(port, state): 0 for port in ports for state in floors}
         rules = self.rules
-        for entry in live + timewait:
+        for entry in live:
             state = entry.state
             if state == _CLOSE:
                 continue
-            age = self._timewait_age(entry, now_ns) if state == _TIME_WAIT else now_ns - entry.since_ns
+            age = now_ns - entry.since_ns
             key = (entry.port, state)
             if age > oldest.get(key, -1):
                 oldest[key] = age
-            if state in self._stuck_floor and age > self._stuck_floor[state]:
+            if state in floors and age > floors[state]:
                 rule = rules.rule(entry.port, state)
+                if age > rule.threshold_ns:
+                    stuck.append(Stuck(entry, rule, age))
+                    counts[key] = counts.get(key, 0) + 1
+        tw_floor = floors.get(_TIME_WAIT)
+        length = self.timewait_ns
+        for entry in timewait:
+            since, expires, port = entry[SINCE], entry[EXPIRES], entry[2]
+            age = now_ns - since if expires else min(now_ns - since, length)
+            key = (port, _TIME_WAIT)
+            if age > oldest.get(key, -1):
+                oldest[key] = age
+            if tw_floor is not None and age > tw_floor:
+                rule = rules.rule(port, _TIME_WAIT)
                 if age > rule.threshold_ns:
                     stuck.append(Stuck(entry, rule, age))
                     counts[key] = counts.get(key, 0) + 1
@@ -812,76 +705,59 @@ class Tracker:
         stuck.sort(key=lambda s: -s.age_ns)
         return Report(now_ns, stuck, counts, oldest)
 
-    def drain_raw(self, born_before_ns: int | None = None, limit: int | None = None) -> list[RawLife]:
-        """The lives that changed since the last drain, as raw tuples (lifecycle.RawLife):
+    def drain_raw(self, born_before_ns: int | None = None, limit: int | None = None) -> list:
+        """The lives that changed since the last drain, as lifecycle.RawLife tuples:
         open ones as they are now, ended ones for the last time. With ``born_before_ns``,
         open lives born at or after it wait for a later drain: most connections end
         within seconds, and one that ends before it is drained is written once instead
         of twice. With ``limit``, at most that many, the ended first (oldest first); the
-        rest wait for the next call. Only the lock holds the containers' hand-over (and
-        the sorting out of what waits); a history is copied in one step (the writer may
-        append to it meanwhile)."""
+        rest wait for the next call. Only the lock holds the hand-over; the lives are
+        expanded outside it (a history is copied in one step: the writer may append to
+        it meanwhile)."""
         with self.lock:
-            ended = self._ended
-            if limit is not None and len(ended) > limit:
-                ended, self._ended = ended[:limit], ended[limit:]
-            else:
-                self._ended = []
-            room = None if limit is None else limit - len(ended)
-            changed, self._changed = self._changed, {}
-            if born_before_ns is None and room is None:
-                changed = list(changed.values())
-            else:
-                take: list[SocketEntry] = []
-                for uid, e in changed.items():
-                    if (born_before_ns is not None and e.first_ns >= born_before_ns) or \
-                            (room is not None and len(take) >= room):
-                        self._changed[uid] = e
-                    else:
-                        take.append(e)
-                changed = take
-        out = [(e.uid, e.netns, e.family, e.saddr, e.sport, e.daddr, e.dport, e.role, e.port, e.pid, e.comm,
-                tuple(e.history), None) for e in changed if e.uid]
-        out += [unpack_ended(packed) for packed in ended]
-        return out
+            ended, open_lives = self.journal.hand_over(born_before_ns, limit)
+        return Journal.expand(ended, open_lives)
 
     def pending_ended(self) -> int:
         """Ended lives waiting for the store."""
-        return len(self._ended)
+        return self.journal.pending()
 
-    def drain_lifecycles(self, wall: Callable[[int], float]) -> list[Lifecycle]:
+    def drain_lifecycles(self, wall) -> list:
         """drain_raw as Lifecycles (the daemon hands the raw ones to the store)."""
+        from tracer.core.lifecycle import from_raw
+
         return [from_raw(r, wall) for r in self.drain_raw()]
 
     def stuck_totals(self) -> dict[tuple[int, int], int]:
         with self.lock:
-            return dict(self.stuck_total)
+            return dict(self.outcome.stuck_total)
 
-    def outcomes(self) -> "Outcomes":
+    def outcomes(self) -> OutcomesSnapshot:
         """Copies of the histograms and outcome counters, for a scrape."""
         with self.lock:
-            return Outcomes(
-                state_durations={k: h.copy() for k, h in self.state_durations.items()},
-                connection_durations={k: h.copy() for k, h in self.connection_durations.items()},
-                timewait_entered=dict(self.timewait_entered_by_port),
-                connect_failures=dict(self.connect_failures),
-            )
+            return self.outcome.snapshot()
 
     def stats(self) -> TrackerStats:
         with self.lock:
+            table, tw = self.table, self.tw
             return TrackerStats(
                 events=self.events,
-                sockets=len(self.sockets),
-                timewait=self.timewait_now,
-                evicted=self.evicted,
-                timewait_entered=self.timewait_entered,
-                timewait_cancelled_by_reset=self.timewait_cancelled,
-                timewait_reused=self.timewait_reused,
+                sockets=len(table.sockets),
+                timewait=tw.now,
+                evicted=table.evicted + tw.evicted,
+                timewait_entered=tw.entered,
+                timewait_cancelled_by_reset=tw.cancelled_by_reset,
+                timewait_reused=tw.reused,
                 timewait_reconciled_removed=self.timewait_reconciled_removed,
                 timewait_reconciled_added=self.timewait_reconciled_added,
                 timewait_rearmed=self.timewait_rearmed,
-                live_removed=self.live_removed,
-                live_corrected=self.live_corrected,
-                lifecycles_dropped=self.lifecycles_dropped,
-                baseline_sockets=self.baseline_sockets,
+                live_removed=table.removed,
+                live_corrected=table.corrected,
+                lifecycles_dropped=self.journal.dropped,
+                baseline_sockets=table.baseline_sockets,
             )
+
+
+def _pick(values: Sequence, at: Iterable[int]) -> list:
+    """values[i] for each i in ``at``, in C."""
+    return list(map(values.__getitem__, at.tolist() if isinstance(at, np.ndarray) else at))

@@ -17,6 +17,7 @@ from pathlib import Path
 from tracer.core import record
 from tracer.core.record import Event
 from tracer.sources import CountKey
+from tracer.sources.ringbuf import HEADER as RING_HEADER
 from tracer.sources.ringbuf import RingBufferReader
 
 log = logging.getLogger(__name__)
@@ -165,16 +166,20 @@ class BccSource:
                  "(ring buffer %d MiB)", events.max_entries >> 20)
 
     # How long a batch may wait in the ring buffer: the program sends no wakeups.
-    POLL_INTERVAL_S = 0.02
+    # The reader takes what waits once it is a batch, or after the interval: the tracker
+    # applies a batch with a fixed cost of its own (numpy's calls) on top of each
+    # record's, so batches of a few thousand records cost the least a record.
+    POLL_INTERVAL_S = 0.1
+    BATCH_RECORDS = 4096
 
-    def read_records(self, timeout_s: float) -> list[record.Record]:
-        """The kernel's records (tracer/core/record.py), oldest first."""
-        batch = self._ring.read()
-        if not batch:
+    def read_records(self, timeout_s: float) -> record.RecordBatch:
+        """The kernel's records (tracer/core/record.py), oldest first, as the ring holds them."""
+        if self._ring.pending_bytes() < self.BATCH_RECORDS * self._ring.stride:
             self._ring.wait(min(timeout_s, self.POLL_INTERVAL_S))
-            batch = self._ring.read()
-        if batch:
-            self._newest_read_ns = max(self._newest_read_ns, batch[-1][0])
+        data = self._ring.read_bytes()
+        batch = record.RecordBatch(data, RING_HEADER, self._ring.stride)
+        if data:
+            self._newest_read_ns = max(self._newest_read_ns, int(batch.array["ts_ns"][-1]))
         return batch
 
     def sweep(self) -> list[record.Record]:
@@ -191,7 +196,7 @@ class BccSource:
     def read(self, timeout_s: float) -> list[Event]:
         """Events one by one (each record's in order, the batch in time order), the
         young lives that grew old included."""
-        recs = self.read_records(timeout_s)
+        recs = list(self.read_records(timeout_s))
         recs += self.sweep()
         out = [ev for rec in recs for ev in record.events_of(rec)]
         out.sort(key=lambda ev: ev[0])

@@ -22,7 +22,7 @@ import select
 import struct
 
 _DISCARD = 1 << 30
-_HEADER = 8
+HEADER = 8  # each record's: its length and the BUSY and DISCARD bits
 _POS = struct.Struct("<Q")
 
 
@@ -35,10 +35,10 @@ class RingBufferReader:
         if data_size <= 0 or data_size & (data_size - 1):
             raise ValueError(f"ring buffer size must be a power of two, got {data_size}")
         record_size = struct.calcsize(record_format)
-        self.stride = (_HEADER + record_size + 7) & ~7
+        self.stride = (HEADER + record_size + 7) & ~7
         # The header is skipped by pad bytes, so iter_unpack yields bare records.
-        self._unpack = struct.Struct("<%dx%s%dx" % (_HEADER, record_format.lstrip("<=@!>"),
-                                                     self.stride - _HEADER - record_size)).iter_unpack
+        self._unpack = struct.Struct("<%dx%s%dx" % (HEADER, record_format.lstrip("<=@!>"),
+                                                     self.stride - HEADER - record_size)).iter_unpack
         self._record_size = record_size
         self._mask = data_size - 1
         self._size = data_size
@@ -74,12 +74,18 @@ class RingBufferReader:
 
     def read(self) -> list[tuple]:
         """All committed records, oldest first (at most max_batch)."""
+        data = self.read_bytes()
+        return list(self._unpack(data)) if data else []
+
+    def read_bytes(self) -> bytes:
+        """The committed records as the ring holds them (each behind its 8-byte header,
+        at ``stride``), oldest first (at most max_batch); b"" when none is waiting."""
         cons = _POS.unpack_from(self._consumer, 0)[0]
         prod = _POS.unpack_from(self._producer, 0)[0]
         stride = self.stride
         n = min((prod - cons) // stride, self._max_batch)
         if n <= 0:
-            return []
+            return b""
         end = cons + n * stride
         # Byte 3 of each header holds the BUSY and DISCARD bits; it is 0 for a
         # committed record. Stop before the first record still being written.
@@ -90,7 +96,7 @@ class RingBufferReader:
             # block the ring: step over it.
             self._consumer[0:8] = _POS.pack(cons + stride)
             self.discarded += 1
-            return self.read()
+            return self.read_bytes()
         if committed:
             end = cons + committed * stride
             # Read the records only after their headers said committed: the kernel
@@ -101,10 +107,10 @@ class RingBufferReader:
                 raise RecordMismatch(
                     f"ring buffer record length differs from the {self._record_size} bytes "
                     "this daemon decodes: the BPF program and tracer/core/record.py disagree")
-            records = list(self._unpack(self._bytes(cons, end)))
+            data = self._bytes(cons, end)
             self._consumer[0:8] = _POS.pack(cons + committed * stride)
-            return records
-        return []
+            return data
+        return b""
 
     def pending_bytes(self) -> int:
         cons = _POS.unpack_from(self._consumer, 0)[0]
