@@ -63,7 +63,7 @@ def main() -> int:
         store = SqliteStore(args.db or Path(tmp) / "bench.db", 7 * 86400, 1 << 40)
         n = args.batches * args.batch
         for b in range(0, args.prefill, args.batch):  # ids and times before the timed ones, as in life
-            store.write_raw([record(i, True, rng) for i in range(b, min(args.prefill, b + args.batch))],
+            store.write([record(i, True, rng) for i in range(b, min(args.prefill, b + args.batch))],
                             OFFSET_NS)
         if args.prefill:
             print(f"prefilled {args.prefill:,} records: {store.stats()['bytes'] / 2**20:,.0f} MiB")
@@ -77,7 +77,7 @@ def main() -> int:
             worst = 0.0
             for batch in batches:
                 s = time.perf_counter()
-                store.write_raw(batch, OFFSET_NS)
+                store.write(batch, OFFSET_NS)
                 worst = max(worst, time.perf_counter() - s)
             took, cpu = time.perf_counter() - start, time.process_time() - cpu
             print(f"{phase:16} {n:>9,} records in {args.batches} batches of {args.batch:,}: "
