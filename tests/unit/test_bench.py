@@ -28,7 +28,7 @@ def test_stored_transitions_counts_each_span_and_the_final_close(tmp_path: Path)
     offset = 1_700_000_000 * SEC
     client = (S.SYN_SENT, S.ESTABLISHED, S.FIN_WAIT1, S.FIN_WAIT2, S.TIME_WAIT)
     server = (S.SYN_RECV, S.ESTABLISHED, S.CLOSE_WAIT, S.LAST_ACK)
-    store.write_raw([
+    store.write([
         raw(1, 1024, Role.ACTIVE, client, 10 * SEC),  # in TIME_WAIT: 5
         raw(2, 1024, Role.ACTIVE, client, 10 * SEC, 11 * SEC),  # TIME_WAIT over: 5
         raw(3, 1024, Role.PASSIVE, server, 10 * SEC, 11 * SEC),  # closed from LAST_ACK: 5

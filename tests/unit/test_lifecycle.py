@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from tracer.core.clock import FakeClock
-from tracer.core.lifecycle import Lifecycle
+from tracer.core.lifecycle import Lifecycle, RawLife
+from tracer.core.record import AF_INET
+from tracer.core.states import STATE_NAMES, Role
 from tracer.core.tracker import Tracker
 from tracer.sources.replay import ReplaySource
 
@@ -101,6 +103,25 @@ def test_open_lives_are_written_once_they_are_old_enough():
     assert len(aged) == 3 and all(r[12] is None for r in aged), "the clients, open in TIME_WAIT"
     assert tracker.drain_raw(born_before_ns=last + 1) == [], "and only once"
 
+
+def test_the_trackers_plain_tuples_are_raw_lives_field_by_field():
+    """The tracker builds plain tuples; RawLife names their fields in the same order."""
+    tracker, last = replayed()
+    tracker.expire(last + TW_NS + 1)
+    lives = [RawLife(*r) for r in tracker.drain_raw()]
+    assert len(lives) == 7 and all(len(tuple(life)) == len(RawLife._fields) for life in lives)
+    for life in lives:
+        listener = life.role == Role.LISTENER
+        assert life.family == AF_INET and life.saddr[:4] == bytes([127, 0, 0, 1])
+        assert life.daddr == (bytes(16) if listener else life.saddr)
+        assert life.service_port == 20001 and life.comm.rstrip(b"\0") == b"python3"
+        states, since = life.history[0::2], life.history[1::2]
+        assert all(s in STATE_NAMES for s in states) and list(since) == sorted(since)
+        assert life.end_ns is not None and life.end_ns >= since[-1]
+        if life.role == Role.ACTIVE:
+            assert life.dport == 20001 and life.sport != 20001
+        elif life.role == Role.PASSIVE:
+            assert life.sport == 20001
 
 
 @pytest.mark.parametrize("spans", [1, 5, 9])

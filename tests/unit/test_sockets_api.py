@@ -12,12 +12,12 @@ from openapi_spec_validator import validate as validate_spec
 from jsonschema.exceptions import ValidationError
 from prometheus_client import CollectorRegistry
 
-from tracer.core.lifecycle import Lifecycle
+from tracer.core.lifecycle import Lifecycle, RawLife
 from tracer.store.sqlite import SqliteStore
 from tracer.web import create_app
 from tracer.web.sockets_api import openapi_document
 
-from test_store import SERVER_CLOSE, life  # tests/unit: the same synthetic lives
+from lives import OFFSET_NS, SERVER_CLOSE, life, read  # tests/unit: the store's synthetic lives
 
 
 class Health:
@@ -28,7 +28,7 @@ class Health:
         return True, "ok"
 
 
-def records() -> list[Lifecycle]:
+def lives() -> list[RawLife]:
     """250 sockets: clients of :8080 and :443, the server ends of the :8080 ones, one open."""
     out = []
     for n in range(1, 126):
@@ -40,10 +40,15 @@ def records() -> list[Lifecycle]:
     return out
 
 
+def records() -> list[Lifecycle]:
+    """The same sockets as the store gives them back."""
+    return [read(r) for r in lives()]
+
+
 @pytest.fixture
 def store(tmp_path: Path):
     s = SqliteStore(tmp_path / "timeline.db", retention_s=3600, retention_bytes=1 << 30)
-    s.write(records())
+    s.write(lives(), OFFSET_NS)
     yield s
     s.close()
 
@@ -151,7 +156,7 @@ def test_one_socket_with_its_peer(client, spec):
 
 
 def test_one_socket_without_peer(client, store, spec):
-    store.write([life(999, start=5000, lport=50000, rport=9)])
+    store.write([life(999, start=5000, lport=50000, rport=9)], OFFSET_NS)
     body = client.get("/api/v1/sockets/999").get_json()
     assert body["peer"] is None
     conforms(spec, "SocketDetail", body)

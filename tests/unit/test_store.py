@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import base64
-import json
-import dataclasses
+import inspect
 import math
 import re
 import signal
@@ -17,30 +16,13 @@ from pathlib import Path
 import pytest
 
 from tracer.config import ConfigError, load
-from tracer.core.lifecycle import Lifecycle, Span
+from tracer.core.lifecycle import Span, from_raw
 from tracer.store import LifecycleStore, StoreError
 from tracer.store.sqlite import SqliteStore
 
+from lives import CLIENT_CLOSE, OFFSET_NS, SERVER_CLOSE, life, read  # tests/unit: lives as the tracker hands them
+
 ROOT = Path(__file__).resolve().parents[2]
-CLIENT_CLOSE = (("SYN_SENT", 0.0003), ("ESTABLISHED", 1.5), ("FIN_WAIT1", 0.0002), ("FIN_WAIT2", 0.0001),
-                ("TIME_WAIT", 60.0))
-SERVER_CLOSE = (("SYN_RECV", 0.0001), ("ESTABLISHED", 1.5), ("CLOSE_WAIT", 0.0003), ("LAST_ACK", 0.0002))
-
-
-def life(id: int, start: float = 1000.0, states=CLIENT_CLOSE, *, open: bool = False, laddr: str = "127.0.0.1",
-         lport: int = 40000, raddr: str = "127.0.0.1", rport: int = 8080, port: int | None = None,
-         role: str = "active", netns: int | None = None, family: str | None = None) -> Lifecycle:
-    """A socket's life from (state, seconds in it) pairs; an open one is still in its last state."""
-    spans, t = [], start
-    for i, (state, seconds) in enumerate(states):
-        last = i == len(states) - 1
-        until = None if last and open else round(t + seconds, 6)
-        spans.append(Span(state, round(t, 6), until))
-        t = until if until is not None else t
-    return Lifecycle(id=id, netns=netns, family=family or ("ipv6" if ":" in laddr else "ipv4"),
-                     laddr=laddr, lport=lport, raddr=raddr, rport=rport, role=role,
-                     service_port=rport if port is None else port, pid=4242, comm="curl", open=open,
-                     states=spans)
 
 
 @pytest.fixture
@@ -62,6 +44,14 @@ def ids(page) -> list[int]:
 def test_the_sqlite_store_is_a_lifecycle_store(store):
     methods = [name for name in vars(LifecycleStore) if not name.startswith("_")]
     assert methods and all(callable(getattr(store, m)) for m in methods)
+    for name in methods:  # with the same parameters, so a caller of the Protocol can call it
+        declared, real = inspect.signature(getattr(LifecycleStore, name)), inspect.signature(getattr(SqliteStore, name))
+        assert list(real.parameters.items()) == list(declared.parameters.items()), name
+
+
+def test_the_protocol_declares_what_the_daemon_and_the_web_call():
+    assert sorted(name for name in vars(LifecycleStore) if not name.startswith("_")) == [
+        "close", "close_stale", "get", "next_id", "peer", "query", "retain", "stats", "write"]
 
 
 @pytest.mark.parametrize("record", [
@@ -69,13 +59,13 @@ def test_the_sqlite_store_is_a_lifecycle_store(store):
     life(2, open=True),
     life(3, laddr="2001:db8::1", raddr="2001:db8::2", netns=4026531840),
     life(4, laddr="::ffff:10.0.0.1", raddr="::ffff:10.0.0.2", family="ipv6"),  # kept as written
-    dataclasses.replace(life(5), pid=None, comm=None, role="unknown", service_port=0),
+    life(5, pid=None, comm=None, role="unknown", port=0),
     life(6, start=1700000000.123456, states=(("LISTEN", 86400.000001),), rport=0, role="listener"),
 ], ids=lambda r: str(r.id))
 def test_a_record_comes_back_as_it_was_written(store, record):
-    store.write([record])
-    assert store.get(record.id) == record
-    assert store.get(record.id).to_json() == record.to_json()
+    store.write([record], OFFSET_NS)
+    assert store.get(record.id) == read(record)
+    assert store.get(record.id).to_json() == read(record).to_json()
 
 
 def test_get_unknown_id_is_none(store):
@@ -93,22 +83,23 @@ def test_get_unknown_id_is_none(store):
 ])
 def test_upsert(store, batches, expected_open, expected_spans):
     for batch in batches:
-        store.write([life(i, states=CLIENT_CLOSE[:n], open=o) for i, o, n in batch])
+        store.write([life(i, states=CLIENT_CLOSE[:n], open=o) for i, o, n in batch], OFFSET_NS)
     got = store.get(1)
     assert (got.open, len(got.states)) == (expected_open, expected_spans)
     assert store.stats()["rows"] == 1
 
 
 def test_an_open_record_whose_port_is_filled_in_later_is_found_by_it(store):
-    store.write([life(1, lport=0, open=True, states=CLIENT_CLOSE[:1], laddr="0.0.0.0")])
-    store.write([life(1, lport=40001, open=True, states=CLIENT_CLOSE[:2])])
+    store.write([life(1, lport=0, open=True, states=CLIENT_CLOSE[:1], laddr="0.0.0.0")], OFFSET_NS)
+    store.write([life(1, lport=40001, open=True, states=CLIENT_CLOSE[:2])], OFFSET_NS)
     assert store.get(1).lport == 40001
     assert ids(store.query(addr="127.0.0.1")) == [1]
     assert ids(store.query(addr="0.0.0.0")) == []
 
 
 def test_times_are_kept_to_the_microsecond(store):
-    store.write([life(1, start=1731000000.000001, states=(("ESTABLISHED", 0.000001), ("CLOSE_WAIT", 1e-6)))])
+    store.write([life(1, start=1731000000.000001, states=(("ESTABLISHED", 0.000001), ("CLOSE_WAIT", 1e-6)))],
+                OFFSET_NS)
     spans = store.get(1).states
     assert [(s.since, s.until) for s in spans] == [(1731000000.000001, 1731000000.000002),
                                                    (1731000000.000002, 1731000000.000003)]
@@ -125,7 +116,7 @@ def filled(store):
         life(4, start=400, rport=80, open=True, states=CLIENT_CLOSE[:2]),  # open, ESTABLISHED since 400.0003
         life(5, start=500, rport=5432, laddr="2001:db8::1", raddr="2001:db8::5"),
         life(6, start=600, rport=80, laddr="::ffff:10.0.0.1", raddr="::ffff:10.0.0.8", family="ipv6"),
-    ])
+    ], OFFSET_NS)
     return store
 
 
@@ -174,13 +165,14 @@ def test_total_counts_every_match_not_only_the_page(filled):
 @pytest.mark.parametrize("filters", [{}, {"port": 80}, {"state": "LAST_ACK"}, {"addr": "10.0.0.1"}])
 def test_pages_walk_every_record_once_in_order(store, limit, filters):
     # Many share a start time: the id breaks the tie, and the cursor must not skip any.
-    records = []
+    lives = []
     for i in range(1, 121):
         passive = i % 3 == 0
-        records.append(life(i, start=1000 + i // 10, states=SERVER_CLOSE if passive else CLIENT_CLOSE,
+        lives.append(life(i, start=1000 + i // 10, states=SERVER_CLOSE if passive else CLIENT_CLOSE,
                             rport=80 if i % 2 else 443, laddr="10.0.0.1" if i % 4 else "127.0.0.1",
                             open=i % 5 == 0 and not passive))
-    store.write(records[60:] + records[:60])  # the order written does not matter
+    store.write(lives[60:] + lives[:60], OFFSET_NS)  # the order written does not matter
+    records = [read(r) for r in lives]
     expected = [r.id for r in sorted(records, key=lambda r: (r.started, r.id))
                 if ("port" not in filters or r.service_port == filters["port"])
                 and ("state" not in filters or any(s.state == filters["state"] for s in r.states))
@@ -200,15 +192,15 @@ def test_pages_walk_every_record_once_in_order(store, limit, filters):
 
 
 def test_a_page_goes_on_where_the_last_stopped_while_records_are_added(store):
-    store.write([life(i, start=100 + i) for i in range(1, 11)])
+    store.write([life(i, start=100 + i) for i in range(1, 11)], OFFSET_NS)
     first = store.query(limit=5)
-    store.write([life(i, start=100 + i) for i in range(11, 16)])
+    store.write([life(i, start=100 + i) for i in range(11, 16)], OFFSET_NS)
     second = store.query(limit=100, cursor=first.next)
     assert ids(second) == list(range(6, 16))
 
 
 def other_query_cursor(store: SqliteStore) -> str:
-    store.write([life(i, start=100 + i) for i in range(1, 4)])
+    store.write([life(i, start=100 + i) for i in range(1, 4)], OFFSET_NS)
     return store.query(port=8080, limit=1).next
 
 
@@ -239,7 +231,7 @@ def test_bad_query_arguments_raise_value_error_naming_them(store, kwargs, messag
 
 
 def test_a_cursor_stays_good_with_another_limit_and_another_spelling_of_the_filters(store):
-    store.write([life(i, start=100 + i, laddr="10.0.0.1") for i in range(1, 6)])
+    store.write([life(i, start=100 + i, laddr="10.0.0.1") for i in range(1, 6)], OFFSET_NS)
     first = store.query(state="TIME_WAIT", addr="10.0.0.1", limit=2)
     rest = store.query(state="time-wait", addr="::ffff:10.0.0.1", limit=10, cursor=first.next)
     assert ids(rest) == [3, 4, 5]
@@ -247,7 +239,7 @@ def test_a_cursor_stays_good_with_another_limit_and_another_spelling_of_the_filt
 
 def test_next_id_is_above_every_id_ever_stored(store, path):
     assert store.next_id() == 1
-    store.write([life(7), life(3)])
+    store.write([life(7), life(3)], OFFSET_NS)
     assert store.next_id() == 8
     store.retain(now=1e12)  # everything ended long ago: deleted
     assert store.stats()["rows"] == 0
@@ -260,7 +252,7 @@ def test_close_stale_closes_what_a_previous_run_left_open(store):
         life(2, start=100),  # closed already
         life(3, start=200, open=True, states=CLIENT_CLOSE),  # in TIME_WAIT since ~201.5
         life(4, start=900, open=True, states=CLIENT_CLOSE[:1]),  # its state began after the stop
-    ])
+    ], OFFSET_NS)
     before = store.get(2)
     assert store.close_stale(ended_at=500.0) == 3
     assert store.close_stale(ended_at=600.0) == 0
@@ -282,7 +274,7 @@ def test_retention_by_age_keeps_open_ones_whatever_their_age(path):
         life(3, start=day - 3700),  # ended 3638.5 s before now: old
         life(4, start=day - 1000),  # ended recently
         life(5, start=0, states=(("ESTABLISHED", day - 3000),)),  # started long ago, ended recently: kept
-    ])
+    ], OFFSET_NS)
     assert store.retain(now=day) == 2
     assert ids(store.query()) == [2, 5, 4]
     assert store.retain(now=day) == 0
@@ -293,10 +285,10 @@ def test_retention_by_age_keeps_open_ones_whatever_their_age(path):
 def test_retention_by_size_deletes_the_oldest_ended_and_gives_the_space_back(path):
     limit = 512 * 1024
     store = SqliteStore(path, retention_s=1e9, retention_bytes=limit)
-    store.write([life(1, start=0, open=True)])  # open: never deleted
+    store.write([life(1, start=0, open=True)], OFFSET_NS)  # open: never deleted
     for b in range(20):
         store.write([life(i, start=10 + i, laddr=f"10.0.{i % 256}.{i // 256 % 256}")
-                     for i in range(2 + b * 500, 2 + (b + 1) * 500)])
+                     for i in range(2 + b * 500, 2 + (b + 1) * 500)], OFFSET_NS)
     assert path.stat().st_size + (path.parent / (path.name + "-wal")).stat().st_size > limit
     deleted = store.retain(now=1e6)
     assert deleted > 0
@@ -312,7 +304,7 @@ def test_retention_by_size_deletes_the_oldest_ended_and_gives_the_space_back(pat
 
 def test_retention_by_size_never_deletes_open_ones(path):
     store = SqliteStore(path, retention_s=1e9, retention_bytes=64 * 1024)
-    store.write([life(i, start=i, open=True) for i in range(1, 2001)])
+    store.write([life(i, start=i, open=True) for i in range(1, 2001)], OFFSET_NS)
     assert store.retain(now=1e6) == 0
     assert store.stats()["rows"] == 2000
     store.close()
@@ -321,12 +313,12 @@ def test_retention_by_size_never_deletes_open_ones(path):
 def test_the_store_survives_a_restart(path):
     store = SqliteStore(path, retention_s=3600, retention_bytes=1 << 30)
     records = [life(i, start=100 + i, open=i % 2 == 0) for i in range(1, 50)]
-    store.write(records)
+    store.write(records, OFFSET_NS)
     before = store.query(limit=1000)
     store.close()
     again = SqliteStore(path, retention_s=3600, retention_bytes=1 << 30)
     assert again.query(limit=1000) == before
-    assert [again.get(r.id) for r in records] == records
+    assert [again.get(r.id) for r in records] == [read(r) for r in records]
     assert again.next_id() == 50
     assert again.stats()["rows"] == 49
     assert again.close_stale(ended_at=1000.0) == 24
@@ -336,18 +328,23 @@ def test_the_store_survives_a_restart(path):
 def test_a_committed_batch_survives_a_crash(path):
     """A process that wrote a batch and was then killed, without closing anything."""
     code = (f"import os, signal, sys; sys.path[:0] = {[str(ROOT), str(Path(__file__).parent)]!r}\n"
-            "from test_store import life\n"
+            "from lives import OFFSET_NS, life\n"
             "from tracer.store.sqlite import SqliteStore\n"
             f"store = SqliteStore({str(path)!r}, 3600, 1 << 30)\n"
-            "store.write([life(1), life(2, open=True)])\n"
+            "store.write([life(1), life(2, open=True)], OFFSET_NS)\n"
             "os.kill(os.getpid(), signal.SIGKILL)\n")
     killed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     again = SqliteStore(path, 3600, 1 << 30)
-    assert [again.get(1), again.get(2)] == [life(1), life(2, open=True)]
+    assert [again.get(1), again.get(2)] == [read(life(1)), read(life(2, open=True))]
     assert again.next_id() == 3
     assert again.close_stale(ended_at=2000.0) == 1, "what the killed run left open is closed at the next start"
     again.close()
+
+
+def peer_of(store: SqliteStore, raw):
+    """The peer as the API asks for it: of the socket the store returned for an id."""
+    return store.peer(store.get(raw.id))
 
 
 def pair(client_id: int, server_id: int, start: float, cport: int, netns=(None, None), skew: float = 0.0001):
@@ -365,20 +362,20 @@ def pair(client_id: int, server_id: int, start: float, cport: int, netns=(None, 
 ])
 def test_peer_is_the_other_end_on_this_host(store, netns, found):
     client, server = pair(1, 2, 1000.0, 40001, netns)
-    store.write([client, server, life(3, start=1000.0, lport=40002, rport=8080)])
-    assert (store.peer(client) == server) is found
-    assert (store.peer(server) == client) is found
+    store.write([client, server, life(3, start=1000.0, lport=40002, rport=8080)], OFFSET_NS)
+    assert (peer_of(store, client) == read(server)) is found
+    assert (peer_of(store, server) == read(client)) is found
 
 
 def test_peer_prefers_the_overlapping_and_the_closest_start(store):
     old_client, old_server = pair(1, 2, 1000.0, 40001)  # the same 4-tuple, an earlier connection
     client, server = pair(3, 4, 1100.0, 40001, skew=0.2)
     near = life(5, start=1100.05, states=SERVER_CLOSE, lport=8080, rport=40001, role="passive", port=8080)
-    store.write([old_client, old_server, client, server])
-    assert store.peer(client) == server
-    assert store.peer(old_client) == old_server
-    store.write([near])
-    assert store.peer(client).id == 5, "two ends overlap: the one that started closest"
+    store.write([old_client, old_server, client, server], OFFSET_NS)
+    assert peer_of(store, client) == read(server)
+    assert peer_of(store, old_client) == read(old_server)
+    store.write([near], OFFSET_NS)
+    assert peer_of(store, client).id == 5, "two ends overlap: the one that started closest"
 
 
 @pytest.mark.parametrize("record", [
@@ -387,16 +384,17 @@ def test_peer_prefers_the_overlapping_and_the_closest_start(store):
     life(12, start=1000.0, lport=40009),  # nobody on the other end
 ])
 def test_no_peer(store, record):
-    store.write([record, life(13, start=1000.0, states=SERVER_CLOSE, lport=8080, rport=40001, role="passive")])
-    assert store.peer(record) is None
+    store.write([record, life(13, start=1000.0, states=SERVER_CLOSE, lport=8080, rport=40001, role="passive")],
+                OFFSET_NS)
+    assert peer_of(store, record) is None
 
 
 def test_peer_matches_an_ipv4_mapped_end(store):
     client = life(1, start=50.0, lport=40001, rport=8080)
     server = life(2, start=50.0001, states=SERVER_CLOSE, laddr="::ffff:127.0.0.1", lport=8080,
                   raddr="::ffff:127.0.0.1", rport=40001, role="passive", port=8080, family="ipv6")
-    store.write([client, server])
-    assert store.peer(client) == server and store.peer(server) == client
+    store.write([client, server], OFFSET_NS)
+    assert peer_of(store, client) == read(server) and peer_of(store, server) == read(client)
 
 
 def test_a_reader_thread_queries_while_the_writer_writes(store):
@@ -419,8 +417,9 @@ def test_a_reader_thread_queries_while_the_writer_writes(store):
     reader.start()
     try:
         for b in range(40):
-            store.write([life(i, start=i, open=i % 2 == 0) for i in range(b * 100 + 1, (b + 1) * 100 + 1)])
-            store.write([life(i, start=i) for i in range(b * 100 + 1, (b + 1) * 100 + 1)])  # closed now
+            store.write([life(i, start=i, open=i % 2 == 0) for i in range(b * 100 + 1, (b + 1) * 100 + 1)],
+                        OFFSET_NS)
+            store.write([life(i, start=i) for i in range(b * 100 + 1, (b + 1) * 100 + 1)], OFFSET_NS)  # closed now
     finally:
         done.set()
         reader.join(30)
@@ -470,19 +469,19 @@ def test_a_store_from_a_newer_version_is_refused(path):
 
 
 def test_a_failed_batch_is_rolled_back_counted_and_raised(store):
-    store.write([life(1)])
+    store.write([life(1)], OFFSET_NS)
     store._conn.execute("PRAGMA query_only = 1")  # as a disk gone read-only would refuse it
     with pytest.raises(StoreError, match=r"^cannot write 2 records to the timeline store .*readonly"):
-        store.write([life(2), life(3)])
+        store.write([life(2), life(3)], OFFSET_NS)
     store._conn.execute("PRAGMA query_only = 0")
     assert store.stats()["dropped"] == 2
-    store.write([life(4)])
+    store.write([life(4)], OFFSET_NS)
     assert ids(store.query()) == [1, 4]
     assert store.stats()["rows"] == 2
 
 
 def test_a_record_without_spans_is_dropped_and_the_rest_written(store, caplog):
-    store.write([life(1), dataclasses.replace(life(2), states=[]), life(3)])
+    store.write([life(1), life(2)._replace(history=()), life(3)], OFFSET_NS)
     assert ids(store.query()) == [1, 3]
     assert store.stats()["dropped"] == 1
     assert "record 2 cannot be stored" in caplog.text
@@ -490,8 +489,8 @@ def test_a_record_without_spans_is_dropped_and_the_rest_written(store, caplog):
 
 def test_stats(store):
     assert store.stats() == {"rows": 0, "bytes": store.stats()["bytes"], "writes": 0, "dropped": 0, "deleted": 0}
-    store.write([life(1, open=True), life(2)])
-    store.write([life(1)])
+    store.write([life(1, open=True), life(2)], OFFSET_NS)
+    store.write([life(1)], OFFSET_NS)
     stats = store.stats()
     assert (stats["rows"], stats["writes"]) == (2, 3)
     assert stats["bytes"] > 0
@@ -501,7 +500,7 @@ def test_a_closed_store_says_so(path):
     store = SqliteStore(path, 3600, 1 << 30)
     store.close()
     store.close()  # twice is harmless
-    for call in (lambda: store.write([life(1)]), lambda: store.query(), lambda: store.get(1), store.next_id):
+    for call in (lambda: store.write([life(1)], OFFSET_NS), lambda: store.query(), lambda: store.get(1), store.next_id):
         with pytest.raises(StoreError, match="is closed"):
             call()
 
@@ -556,12 +555,15 @@ def test_store_settings_from_a_file_and_their_defaults(tmp_path):
     assert load(flags={"config_file": str(file)}, environ={}).retention_size == 2 * 2**30
 
 
-def test_a_raw_life_makes_the_row_its_lifecycle_makes() -> None:
-    """The daemon writes raw lives (store.write_raw); what is stored equals what the
-    Lifecycle of the same life (lifecycle.from_raw) would store, to the microsecond."""
-    from tracer.core.lifecycle import from_raw
+def test_what_is_stored_is_the_lifecycle_of_the_raw_life_to_the_microsecond(store) -> None:
+    """Times below the microsecond, the kernel's raw fields: what the store gives back
+    equals lifecycle.from_raw of the same life (what the tracker's drain_lifecycles
+    makes), its times within the microsecond the store floors them to, and the
+    filters on states and addresses find it."""
     from tracer.core.states import TcpState as S
-    from tracer.store.sqlite import _raw_row, _row
+
+    def us(t: float) -> int:
+        return round(t * 1e6)
 
     offset = 1_731_000_000_123_456_789
     loop4 = bytes([10, 0, 0, 1]) + bytes(12)
@@ -574,12 +576,16 @@ def test_a_raw_life_makes_the_row_its_lifecycle_makes() -> None:
         (2, 4026531840, 10, peer6, 8080, peer6, 51000, 2, 8080, 0, bytes(16),
          (S.SYN_RECV.value, 7_000_000_000, S.CLOSE_WAIT.value, 7_100_000_000), 9_000_000_999),
     ]
+    store.write(lives, offset)
     for r in lives:
-        fast, slow = _raw_row(r, offset), _row(from_raw(r, lambda ns: (ns + offset) / 1e9))
-        assert (fast[:12], fast[14], fast[16:]) == (slow[:12], slow[14], slow[16:])
-        assert abs(fast[12] - slow[12]) <= 1e-6 and (fast[13] is None) == (slow[13] is None)
-        if fast[13] is not None:
-            assert abs(fast[13] - slow[13]) <= 2e-6
-        for a, b in zip(json.loads(fast[15]), json.loads(slow[15]), strict=True):
-            assert a[0] == b[0] and abs(a[1] - b[1]) <= 1 and (a[2] is None) == (b[2] is None)
-            assert a[2] is None or abs(a[2] - b[2]) <= 1
+        got, want = store.get(r[0]), from_raw(r, lambda ns: (ns + offset) / 1e9)
+        assert {**got.to_json(), "states": None} == {**want.to_json(), "states": None}
+        assert [s.state for s in got.states] == [s.state for s in want.states]
+        for a, b in zip(got.states, want.states, strict=True):
+            assert abs(us(a.since) - us(b.since)) <= 1 and (a.until is None) == (b.until is None)
+            assert a.until is None or abs(us(a.until) - us(b.until)) <= 1
+        assert (got.ended is None) == (want.ended is None)
+        assert got.ended is None or abs(us(got.ended) - us(want.ended)) <= 2
+        assert r[0] in ids(store.query(addr=got.laddr)) and r[0] in ids(store.query(addr=got.raddr))
+        for s in got.states:
+            assert r[0] in ids(store.query(state=s.state))

@@ -1,8 +1,9 @@
-"""A socket's life as the timeline stores and shows it: who it was and each state it was in.
+"""A socket's life: who it was and each state it was in, in the two shapes it takes.
 
-The tracker hands these out (open ones as they change, closed ones once, when the
-socket ends, TIME_WAIT included); the store keeps them; the API and the page show
-them. Times are Unix seconds with fractions.
+``RawLife`` is what the tracker hands the store (open lives as they change, ended
+ones once, when the socket ends, TIME_WAIT included): the kernel's raw fields and
+monotonic nanoseconds. ``Lifecycle`` is what the store gives back and the API and
+the page show: text, and Unix seconds to the microsecond.
 """
 
 from __future__ import annotations
@@ -10,18 +11,33 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from tracer.core.record import MORE_AT, MORE_STATE_AT, MORE_TS_AT, comm_text, family_name, format_addr, unpack
 from tracer.core.states import ROLE_NAMES, STATE_NAMES
 
-# A life as the tracker hands it to the store: a plain tuple, cheap to make at the
-# churn ceiling (58,000 sockets/s), with monotonic nanoseconds and raw fields:
-# (id, netns, family, saddr, sport, daddr, dport, role, service_port, pid, comm,
-#  history, end_ns) where history is flat, (state, since_ns, state, since_ns, ...), and end_ns is None
-# while the socket is alive. The store turns it into its row without building a
-# Lifecycle (tracer/store/sqlite.py); ``from_raw`` makes the Lifecycle the rest read.
-RawLife = tuple
+
+class RawLife(NamedTuple):
+    """A life as the tracker hands it to the store, with the kernel's raw fields and
+    monotonic nanoseconds: a tuple, cheap to make for every socket at full churn (the
+    tracker builds plain tuples in this order; tests build it by name). The store
+    turns it into its row without a Lifecycle in between (tracer/store/rows.py);
+    ``from_raw`` makes the Lifecycle for the rest."""
+
+    id: int  # unique across daemon restarts
+    netns: int  # 0: not known
+    family: int  # AF_INET or AF_INET6
+    saddr: bytes  # 16 bytes; an IPv4 address in the first 4
+    sport: int
+    daddr: bytes
+    dport: int
+    role: int  # states.Role
+    service_port: int
+    pid: int  # 0: not known
+    comm: bytes  # 16 bytes, NUL-padded
+    history: tuple[int, ...]  # flat: (state, since_ns, state, since_ns, ...), oldest first
+    end_ns: int | None  # None while the socket is alive (TIME_WAIT included)
+
 
 # An ended life waiting for the store, packed: about 190 bytes where its tuple and
 # integers take 600, so that a burst of churn the store cannot follow at once waits
@@ -56,6 +72,8 @@ def pack_ended(raw: RawLife) -> bytes:
 
 
 def unpack_ended(packed: bytes) -> RawLife:
+    """The life ``pack_ended`` packed, as a plain tuple in RawLife's order (making the
+    NamedTuple itself would cost every ended life a Python-level call)."""
     n = packed[_PACKED_HEAD_SIZE - 1]
     f = packer(n).unpack(packed)
     uid, netns, fam, role, saddr, daddr, sport, dport, port, pid, comm, end_ns, _, states = f[:14]

@@ -281,7 +281,7 @@ class Housekeeper:
         round_ends = time.monotonic() + self.WRITE_ROUND_S
         while records := self.tracker.drain_raw(born_before, self.WRITE_CHUNK):
             try:
-                self.store.write_raw(records, offset)
+                self.store.write(records, offset)
                 written += len(records)
             except StoreError as exc:  # the store counts them as dropped
                 self.timeline_not_written += len(records)

@@ -1,16 +1,18 @@
 """The timeline store: every socket's life, kept and queryable.
 
-``LifecycleStore`` is what the daemon and the API rely on; ``SqliteStore``
+``LifecycleStore`` declares every call the daemon and the API make; ``SqliteStore``
 (tracer/store/sqlite.py) is the embedded default. A larger backend can take its
-place by answering the same calls with the same meaning.
+place by answering the same calls with the same meaning. Lives go in in the shape
+the tracker hands them over (lifecycle.RawLife) and come out as Lifecycles.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tracer.core.lifecycle import Lifecycle
+from tracer.core.lifecycle import Lifecycle, RawLife
 from tracer.core.record import format_addr, parse_addr
 
 MAX_LIMIT = 1000
@@ -28,8 +30,10 @@ class Page:
 
 
 def normalise_addr(text: str) -> str:
-    """An address as stores compare it (an IPv4-mapped IPv6 address as IPv4, IPv6 in its
-    short form); ValueError naming the ``addr`` parameter when it is none."""
+    """The API's ``addr`` filter as stores compare addresses (an IPv4-mapped IPv6
+    address as IPv4, IPv6 in its short form); ValueError naming the ``addr`` parameter
+    when it is none. Only a filter is parsed: stored addresses are made from the raw
+    bytes once, on the way in."""
     try:
         return format_addr(*parse_addr(text.strip()))
     except ValueError:
@@ -37,10 +41,13 @@ def normalise_addr(text: str) -> str:
 
 
 class LifecycleStore(Protocol):
-    def write(self, records: list[Lifecycle]) -> None:
-        """Upserts by id: an open record is written again as it changes and the last write
-        wins, but a record once closed is never reopened. One call is one transaction;
-        StoreError when it failed (nothing of it was written)."""
+    def write(self, lives: Sequence[RawLife], offset_ns: int) -> None:
+        """The tracker's hand-over (Tracker.drain_raw); ``offset_ns`` makes its monotonic
+        nanoseconds Unix time (Clock.offset_ns), kept to the microsecond. Upserts by id:
+        an open life is written again as it changes and the last write wins, but a life
+        once ended is never reopened. One call is one transaction; StoreError when it
+        failed (nothing of it was written). A life that cannot be stored is counted
+        under ``dropped`` and the rest are written."""
 
     def query(self, port: int | None = None, state: str | None = None, addr: str | None = None,
               since: float | None = None, until: float | None = None, limit: int = 100,
@@ -49,10 +56,12 @@ class LifecycleStore(Protocol):
         lives that overlap [since, until]; ordered by start, then id. ``cursor`` is the
         ``next`` of the previous page of the same query. Bad arguments raise ValueError."""
 
-    def get(self, id: int) -> Lifecycle | None: ...
+    def get(self, id: int) -> Lifecycle | None:
+        """The life with this id; None when there is none (never seen, or retained away)."""
 
     def peer(self, record: Lifecycle) -> Lifecycle | None:
-        """The other end of the connection when it is on this host too."""
+        """The other end of the connection when it is on this host too; ``record`` is
+        one this store returned (by ``get`` or ``query``)."""
 
     def next_id(self) -> int:
         """An id above every id ever stored: where the tracker's counter starts."""
@@ -67,4 +76,5 @@ class LifecycleStore(Protocol):
         """``rows`` and ``bytes`` on disk now; ``writes`` (records written), ``dropped``
         (records not written) and ``deleted`` (by retention) since the store was opened."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Closes the store; a second close is harmless, any other call a StoreError."""
