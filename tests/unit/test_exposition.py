@@ -5,8 +5,8 @@ order) for a fixed input, so a change to the collector that changes what a scrap
 reads shows up here as a diff. Each scenario replays a recording through the objects
 the daemon uses (ReplaySource -> Tracker, the writer's expiry and the housekeeper's
 scan on a FakeClock) into the collector, with fixed limits and build info; the daemon's
-time-dependent values are fixed too (the first scrape reports the previous one's
-duration as 0).
+time-dependent values are fixed too (the scrape's duration is measured on a clock
+that stands still).
 
 A change meant to alter /metrics regenerates them, in a commit that says so:
     .venv/bin/python tests/unit/test_exposition.py
@@ -31,7 +31,7 @@ from tracer.core.detector import Report, Rules
 from tracer.core.ports import PortLabels
 from tracer.core.states import EventKind, Role, TcpState
 from tracer.core.tracker import Tracker
-from tracer.metrics import TcpStateCollector
+from tracer.metrics import HealthFamilies, KernelFamilies, TableFamilies, TcpStateCollector
 from tracer.sources.bcc import KernelStats
 from tracer.sources.replay import ReplaySource
 
@@ -190,8 +190,8 @@ def recording(scenario: Scenario) -> Iterator[Path]:
         yield path
 
 
-def exposition(scenario: Scenario) -> bytes:
-    """The golden file's content: its first line, then what a first scrape returns."""
+def exposition(scenario: Scenario, scrapes: int = 1) -> bytes:
+    """The golden file's content: its first line, then what the last of ``scrapes`` returns."""
     with recording(scenario) as path:
         replay = ReplaySource(path)
         source = WithKernelStats(replay) if scenario.kernel_stats else replay
@@ -205,13 +205,17 @@ def exposition(scenario: Scenario) -> bytes:
             clock.advance(scenario.after_s)
             tracker.expire(clock.monotonic_ns())  # as the writer does after every batch
             housekeeping = Housekeeping(tracker.scan(clock.monotonic_ns()), **(scenario.housekeeping or {}))
-            collector = TcpStateCollector(source, tracker, PortLabels(scenario.max_ports, EPHEMERAL), housekeeping=housekeeping,
-                                          pipeline=PipelineLag(scenario.lag_s), limits=LIMITS)
-            # The build info fixed: it names the machine's kernel.
-            collector._build = {"version": "0.1.0", "kernel": "6.1.0-golden",
-                                "bcc": getattr(source, "bcc_version", "none")}
+            labels = PortLabels(scenario.max_ports, EPHEMERAL)
+            build = {"version": "0.1.0", "kernel": "6.1.0-golden", "bcc": source.bcc_version}  # not this machine's
+            collector = TcpStateCollector(
+                KernelFamilies(source, labels), TableFamilies(tracker, labels, stuck=housekeeping),
+                HealthFamilies(labels, LIMITS, build, lag=PipelineLag(scenario.lag_s), kernel_table=housekeeping,
+                               timeline=housekeeping, store=housekeeping.store),
+                labels, timer=lambda: 0.0)
             registry = CollectorRegistry()
             registry.register(collector)
+            for _ in range(scrapes - 1):
+                generate_latest(registry)
             return f"# {scenario.says}\n".encode() + generate_latest(registry)
         finally:
             source.close()
@@ -225,6 +229,12 @@ def test_exposition_matches_the_golden_file(scenario: Scenario):
     # Compared whole; the assertion shows the lines that differ.
     assert got.decode().splitlines() == expected.decode().splitlines()
     assert got == expected
+
+
+def test_a_second_scrape_shows_the_same():
+    # Nothing accumulates in the collector, and a port keeps its label.
+    for scenario in SCENARIOS:
+        assert exposition(scenario, scrapes=2) == scenario.golden.read_bytes(), scenario.name
 
 
 def main() -> int:
