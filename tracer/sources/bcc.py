@@ -24,8 +24,11 @@ log = logging.getLogger(__name__)
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
 PROGRAM = BPF_DIR / "tcpstates.bpf.c"
 
-# bpf/tcpstates.h TCPSTATE_STAT_*
-STAT_EVENTS, STAT_RINGBUF_FULL, STAT_COUNTS_FULL, STAT_SOCKS_FULL, STAT_LIVES_FULL = range(5)
+# bpf/tcpstates.h TCPSTATE_STAT_*: the slots of the program's per-CPU `stats` array, in
+# order (tests/unit/test_header_constants.py checks them against the header).
+STAT_SLOTS = ("EVENTS", "RINGBUF_FULL", "COUNTS_FULL", "SOCKS_FULL", "LIVES_FULL", "LIVES_STALE")
+(STAT_EVENTS, STAT_RINGBUF_FULL, STAT_COUNTS_FULL, STAT_SOCKS_FULL, STAT_LIVES_FULL,
+ STAT_LIVES_STALE) = range(len(STAT_SLOTS))
 
 # struct bpf_prog_info (include/uapi/linux/bpf.h): where recursion_misses sits, and
 # the size asked for; tests/unit/test_bcc_layout.py checks both against the header.
