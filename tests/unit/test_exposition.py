@@ -89,7 +89,8 @@ class WithKernelStats:
         return {"ring_buffer_full": 3, "program_not_run": 2}
 
     def kernel_stats(self) -> KernelStats:
-        return KernelStats(events=31, ringbuf_full=3, counts_full=0, socks_full=1, lives_full=4, counters=12,
+        return KernelStats(events=31, ringbuf_full=3, counts_full=0, socks_full=1, lives_full=4, lives_stale=2,
+                           counters=12,
                            counters_capacity=16384, socks_capacity=524288, lives_capacity=65536)
 
     def decode_errors(self) -> int:

@@ -98,5 +98,11 @@ class KernelFamilies:
                 "port=\"other\"), sockets (a socket's role and owner were not remembered), lives (a "
                 "young socket's transitions were sent one by one instead of in one record)",
                 ["map"], {("counters",): k.counts_full, ("sockets",): k.socks_full, ("lives",): k.lives_full})
+            yield counter(
+                "tcpstate_kernel_lives_stale",
+                "Young sockets' lives the program found still open where a new socket was born at the "
+                "same address: it never ran for that socket's end (skipped, or not run on top of a thread "
+                "the kernel runs no BPF program for); what it had seen was sent as it was, and the daemon "
+                "ends the life as gone (tcpstate_socket_corrections_total)", [], {(): k.lives_stale})
         yield counter("tcpstate_decode_errors", "Ring buffer records the daemon could not decode and skipped",
                       [], {(): snap.decode_errors})

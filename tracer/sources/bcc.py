@@ -102,6 +102,7 @@ class KernelStats:
     counts_full: int  # transitions counted without their port: counter map full
     socks_full: int  # sockets whose role/owner could not be remembered
     lives_full: int  # young sockets not assembled (their transitions went one by one)
+    lives_stale: int  # lives found open where a new socket was born: that socket's end was never seen
     counters: int  # entries in the counter map now (the socket map is too large to count at scrape)
     counters_capacity: int
     socks_capacity: int
@@ -280,6 +281,7 @@ class BccSource:
             counts_full=self._stat(STAT_COUNTS_FULL),
             socks_full=self._stat(STAT_SOCKS_FULL) + self.socks_not_remembered,
             lives_full=self._stat(STAT_LIVES_FULL),
+            lives_stale=self._stat(STAT_LIVES_STALE),
             counters=sum(1 for _ in self._counts.keys()),
             counters_capacity=self._counts.max_entries,
             socks_capacity=self._socks.max_entries,
