@@ -24,7 +24,7 @@ from tracer.core.detector import Rules
 from tracer.core.ports import PortLabels
 from tracer.core.states import STATE_NAMES
 from tracer.core.tracker import Tracker
-from tracer.metrics import TcpStateCollector
+from tracer.metrics import HealthFamilies, KernelFamilies, TableFamilies, TcpStateCollector, build_info
 from tracer.sources.replay import ReplaySource
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,10 +120,12 @@ def exported() -> dict[str, set[str]]:
             last_ts = batch[-1][record.Field.TS]
         housekeeping = SimpleNamespace(report=tracker.scan(last_ts + 1), last_reconcile_s=0.0, store=None,
                                        reconcile_failures=0)
+        labels = PortLabels(64, range(32768, 61000))
+        limits = {"tcp_max_tw_buckets": 131072, "ephemeral_ports": 28232}
         collector = TcpStateCollector(
-            source, tracker, PortLabels(64, range(32768, 61000)), housekeeping=housekeeping,
-            pipeline=SimpleNamespace(lag_s=0.0),
-            limits={"tcp_max_tw_buckets": 131072, "ephemeral_ports": 28232})
+            KernelFamilies(source, labels), TableFamilies(tracker, labels, stuck=housekeeping),
+            HealthFamilies(labels, limits, build_info(source.bcc_version), lag=SimpleNamespace(lag_s=0.0),
+                           kernel_table=housekeeping), labels)
         families = list(collector.collect())
     finally:
         source.close()

@@ -13,10 +13,18 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tracer.core import record
 from tracer.core.detector import Rules
+from tracer.core.kernel_socket import KernelSocket
 from tracer.core.ports import PortLabels
 from tracer.core.states import EventKind, Role, TcpState
 from tracer.core.tracker import Tracker
-from tracer.metrics import TcpStateCollector, port_label_values
+from tracer.metrics import (
+    HealthFamilies,
+    KernelFamilies,
+    TableFamilies,
+    TcpStateCollector,
+    build_info,
+    port_label_values,
+)
 from tracer.sources.replay import ReplaySource
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "loopback-3-client-close.jsonl"
@@ -24,13 +32,18 @@ EPHEMERAL = range(32768, 61000)
 S = TcpState
 
 
-def collector_for(path: Path, max_ports: int = 100) -> tuple[CollectorRegistry, TcpStateCollector]:
+def collector_for(path: Path, max_ports: int = 100,
+                  baseline: list[KernelSocket] | None = None) -> tuple[CollectorRegistry, TcpStateCollector]:
     source = ReplaySource(path)
     tracker = Tracker(60 * 10**9, 10_000, Rules.build(30))
+    if baseline:
+        tracker.load_baseline(baseline, 0, EPHEMERAL)
     while (batch := source.read()) is not None:
         tracker.apply_batch(batch)
-    collector = TcpStateCollector(source, tracker, PortLabels(max_ports, EPHEMERAL),
-                                  limits={"tcp_max_tw_buckets": 131072, "ephemeral_ports": len(EPHEMERAL)})
+    labels = PortLabels(max_ports, EPHEMERAL)
+    limits = {"tcp_max_tw_buckets": 131072, "ephemeral_ports": len(EPHEMERAL)}
+    collector = TcpStateCollector(KernelFamilies(source, labels), TableFamilies(tracker, labels),
+                                  HealthFamilies(labels, limits, build_info(source.bcc_version)), labels)
     registry = CollectorRegistry()
     registry.register(collector)
     return registry, collector
@@ -130,6 +143,17 @@ def test_ephemeral_ports_without_a_listener_are_never_labels(tmp_path):
     events = connection(0, 45000, 40000, ts=0) + connection(1, 8080, 40001, ts=100_000, listen=True)
     _, collector = collector_for(write_events(tmp_path / "e.jsonl", events))
     assert port_label_values(list(collector.collect())) == {"8080", "other"}
+
+
+def test_a_port_listened_on_before_the_start_keeps_its_label_though_ephemeral(tmp_path):
+    # Only the socket table knows 45000 is listened on (loaded at start, no CLOSE -> LISTEN
+    # counted); the kernel's counts name the port first. Labels are decided over both.
+    lo = bytes([127, 0, 0, 1]) + bytes(12)
+    listener = KernelSocket(netns=1, family=record.AF_INET, saddr=lo, sport=45000, daddr=bytes(16), dport=0,
+                            state=S.LISTEN)
+    events = connection(0, 45000, 40000, ts=1000)
+    _, collector = collector_for(write_events(tmp_path / "b.jsonl", events), baseline=[listener])
+    assert port_label_values(list(collector.collect())) == {"45000"}
 
 
 def test_exposition_is_lint_clean():

@@ -26,7 +26,7 @@ from tracer.core.ports import PortLabels
 from tracer.core.record import MORE_AT, MORE_TS_AT
 from tracer.core.states import TcpState
 from tracer.core.tracker import RECONCILED_STATES, Tracker
-from tracer.metrics import TcpStateCollector
+from tracer.metrics import HealthFamilies, KernelFamilies, TableFamilies, TcpStateCollector, build_info
 from tracer.daemon.signals import StopSignals
 from tracer.sources import EventSource
 
@@ -408,8 +408,11 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
     if (buckets := sysctl.max_tw_buckets()) is not None:
         limits["tcp_max_tw_buckets"] = buckets
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(TcpStateCollector(source, tracker, PortLabels(cfg.max_ports, ephemeral),
-                                        housekeeping=housekeeper, pipeline=pipeline, limits=limits))
+    labels = PortLabels(cfg.max_ports, ephemeral)
+    registry.register(TcpStateCollector(
+        KernelFamilies(source, labels), TableFamilies(tracker, labels, stuck=housekeeper),
+        HealthFamilies(labels, limits, build_info(source.bcc_version), lag=pipeline, kernel_table=housekeeper,
+                       timeline=housekeeper, store=store), labels))
     app = create_app(registry, pipeline, housekeeper, clock, store=store)
     host, port = parse_listen_address(cfg.web_listen_address)
     server = make_server(host, port, app, threaded=True, fd=listener.fileno())

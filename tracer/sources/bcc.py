@@ -25,8 +25,11 @@ log = logging.getLogger(__name__)
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
 PROGRAM = BPF_DIR / "tcpstates.bpf.c"
 
-# bpf/tcpstates.h TCPSTATE_STAT_*
-STAT_EVENTS, STAT_RINGBUF_FULL, STAT_COUNTS_FULL, STAT_SOCKS_FULL, STAT_LIVES_FULL = range(5)
+# bpf/tcpstates.h TCPSTATE_STAT_*: the slots of the program's per-CPU `stats` array, in
+# order (tests/unit/test_header_constants.py checks them against the header).
+STAT_SLOTS = ("EVENTS", "RINGBUF_FULL", "COUNTS_FULL", "SOCKS_FULL", "LIVES_FULL", "LIVES_STALE")
+(STAT_EVENTS, STAT_RINGBUF_FULL, STAT_COUNTS_FULL, STAT_SOCKS_FULL, STAT_LIVES_FULL,
+ STAT_LIVES_STALE) = range(len(STAT_SLOTS))
 
 # struct bpf_prog_info (include/uapi/linux/bpf.h): where recursion_misses sits, and
 # the size asked for; tests/unit/test_bcc_layout.py checks both against the header.
@@ -100,6 +103,7 @@ class KernelStats:
     counts_full: int  # transitions counted without their port: counter map full
     socks_full: int  # sockets whose role/owner could not be remembered
     lives_full: int  # young sockets not assembled (their transitions went one by one)
+    lives_stale: int  # lives found open where a new socket was born: that socket's end was never seen
     counters: int  # entries in the counter map now (the socket map is too large to count at scrape)
     counters_capacity: int
     socks_capacity: int
@@ -283,6 +287,7 @@ class BccSource:
             counts_full=self._stat(STAT_COUNTS_FULL),
             socks_full=self._stat(STAT_SOCKS_FULL) + self.socks_not_remembered,
             lives_full=self._stat(STAT_LIVES_FULL),
+            lives_stale=self._stat(STAT_LIVES_STALE),
             counters=sum(1 for _ in self._counts.keys()),
             counters_capacity=self._counts.max_entries,
             socks_capacity=self._socks.max_entries,

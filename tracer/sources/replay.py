@@ -37,6 +37,8 @@ def read_events(stream: IO[str], name: str = "<stream>") -> Iterator[Event]:
 class ReplaySource:
     """Hands out a recording in batches and counts it as the kernel program would."""
 
+    bcc_version = "none"  # KernelCounters: a recording is replayed without BCC
+
     def __init__(self, path: Path | str, batch_size: int = 4096) -> None:
         self.path = Path(path)
         try:
@@ -73,6 +75,13 @@ class ReplaySource:
 
     def lost(self) -> dict[str, int]:
         return {}
+
+    def kernel_stats(self) -> None:
+        """KernelCounters: no program runs, so it has no maps or statistics."""
+        return None
+
+    def decode_errors(self) -> int:
+        return 0  # a bad line stops the replay instead (ReplayError)
 
     def close(self) -> None:
         self._file.close()
