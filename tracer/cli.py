@@ -86,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=_positive, default=10.0, help="length of each run (default 10)")
     bench.add_argument("--rounds", type=_count(1), default=3, help="runs of each setup, alternating (default 3)")
     bench.add_argument("--threads", type=_count(1), default=2,
-                       help="connections made at a time, one per thread (default 2: one a core here)")
+                       help="connections made at a time, one per thread (default 2)")
+    bench.add_argument("--load", choices=("listener-per-thread", "shared-listener"), default="listener-per-thread",
+                       help="the churn's shape: each thread with a listener of its own, or all threads "
+                            "connecting to one listener and accepting in turn (default listener-per-thread)")
+    bench.add_argument("--warm", type=_count(0), default=0, metavar="SECONDS",
+                       help="how long the daemon runs before the load of each of its runs starts (default 0)")
     bench.add_argument("--compare-tcpstates", action="store_true",
                        help="also run bcc's tcpstates (/usr/sbin/tcpstates-bpfcc) in the same harness")
     bench.add_argument("--hold", type=_count(0), default=100_000, metavar="N",
@@ -291,7 +296,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return bench.main(args.seconds, args.rounds, args.threads, args.compare_tcpstates, args.hold,
-                          args.soak, args.json, daemon_flags=[])
+                          args.soak, args.json, daemon_flags=[], load=args.load, warm_s=args.warm)
     except bench.BenchError as exc:
         raise CliError(str(exc)) from None
 

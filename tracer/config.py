@@ -180,7 +180,7 @@ SETTINGS: tuple[Setting, ...] = (
             "service ports with a label of their own; the rest are counted under port=\"other\"",
             lambda v: None if v >= 0 else "must not be negative"),
     Setting("ring_buffer_mib", int, 64,
-            "kernel ring buffer for events, MiB (power of two); 64 MiB holds about 2 s at full churn",
+            "kernel ring buffer for events, MiB (power of two): what the kernel holds while the reader catches up",
             _power_of_two),
     Setting("cache_dir", Path, Path("/var/cache/tcpstate-tracer"),
             "where a kernel header tree is built when the running kernel has none"),

@@ -27,7 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tracer import bench  # noqa: E402
+from tracer.bench import load as loads, tracers  # noqa: E402
+from tracer.bench.namespace import Namespace  # noqa: E402
+from tracer.bench.runs import Bench  # noqa: E402
 from tracer.host import tracefs
 
 # "  loadgen-31811 [001] ..s2. 43099.060261: inet_sock_set_state: family=AF_INET protocol=IPPROTO_TCP
@@ -35,7 +37,7 @@ from tracer.host import tracefs
 _EVENT = re.compile(r"\s*(?P<who>\S.*?-\d+)\s+\[\d+\]\s+(?P<flags>\S+)\s+(?P<ts>[\d.]+): inet_sock_set_state: \S+ \S+ "
                     r"sport=(?P<sport>\d+) dport=(?P<dport>\d+) \S+ \S+ \S+ \S+ "
                     r"oldstate=TCP_(?P<old>\w+) newstate=TCP_(?P<new>\w+)")
-PORTS = (bench.PORT, bench.PORT + 1)  # the bench's two listeners (two load threads)
+PORTS = (loads.PORT, loads.PORT + 1)  # the bench's two listeners (two load threads)
 
 
 def counted(before: dict[str, float], after: dict[str, float]) -> collections.Counter:
@@ -65,9 +67,9 @@ def cut_short(db: Path, since: float, offset_s: float) -> dict[int, float]:
         conn.close()
 
 
-def one_run(b: bench.Bench, workdir: Path, instance: Path) -> None:
+def one_run(b: Bench, workdir: Path, instance: Path) -> None:
     enable = instance / "events" / "sock" / "inet_sock_set_state" / "enable"
-    d = bench.Daemon(workdir, [])
+    d = tracers.Daemon(workdir, [])
     try:
         before = d.metrics()
         (instance / "trace").write_text("")
@@ -97,8 +99,8 @@ def one_run(b: bench.Bench, workdir: Path, instance: Path) -> None:
                     and abs(float(m["ts"]) - short[port]) < 0.05:
                 culprits.append(f"client port {port}: FIN_WAIT1 -> FIN_WAIT2 on top of {m['who']} ({m['flags']})")
     daemon = counted(before, after)
-    lost_before = bench._lost_by_reason(before)
-    lost = {r: n - lost_before.get(r, 0) for r, n in bench._lost_by_reason(after).items()}
+    lost_before = tracers.lost_by_reason(before)
+    lost = {r: n - lost_before.get(r, 0) for r, n in tracers.lost_by_reason(after).items()}
     overrun = sum(int(line.split()[-1]) for cpu in (instance / "per_cpu").glob("cpu*")
                   for line in (cpu / "stats").read_text().splitlines() if line.startswith("overrun"))
     print(f"{load['connections']:,} connections: ftrace saw {sum(kernel.values()):,} transitions, the daemon "
@@ -123,9 +125,9 @@ def main() -> int:
         (instance / "trace_clock").write_text("mono")  # the daemon's clock
         (instance / "events" / "sock" / "inet_sock_set_state" / "filter").write_text(
             " || ".join(f"sport == {p} || dport == {p}" for p in PORTS))
-        with tempfile.TemporaryDirectory(prefix="tcpstate-unseen-") as tmp, bench.Namespace() as ns:
+        with tempfile.TemporaryDirectory(prefix="tcpstate-unseen-") as tmp, Namespace() as ns:
             workdir = Path(tmp)
-            b = bench.Bench(ns, bench.build_loadgen(workdir), workdir, seconds, len(PORTS), [], log=print)
+            b = Bench(ns, loads.build_loadgen(workdir), workdir, seconds, len(PORTS), [], log=print)
             for _ in range(runs):
                 one_run(b, workdir, instance)
     finally:

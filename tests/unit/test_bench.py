@@ -1,13 +1,18 @@
-"""The bench's arithmetic: stored transitions, the table, the targets, its flags."""
+"""The bench's arithmetic: stored transitions, the transitions each load shape makes,
+the table, the targets, its flags."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from tracer import bench
-from tracer.bench import Hold, Run, Soak
+import pytest
+
+from tracer import bench, cli
+from tracer.bench import load, report, tracers
+from tracer.bench.runs import Bench, Hold, Run, Soak
 from tracer.core.states import Role, TcpState as S
 from tracer.store.sqlite import SqliteStore
 
@@ -37,7 +42,7 @@ def test_stored_transitions_counts_each_span_and_the_final_close(tmp_path: Path)
         raw(6, 2048, Role.PASSIVE, server, 10 * SEC, 11 * SEC),  # another port: not counted
     ], offset)
     store.close()
-    assert bench.stored_transitions(db, [1024], 1_700_000_009.0) == 17
+    assert tracers.stored_transitions(db, [1024], 1_700_000_009.0) == 17
 
 
 def runs(daemon_rate: float = 28_000, lost: int = 0, stored_short: int = 0) -> list[Run]:
@@ -55,15 +60,15 @@ def runs(daemon_rate: float = 28_000, lost: int = 0, stored_short: int = 0) -> l
 def test_targets_met_and_missed() -> None:
     hold = Hold(100_000, 250.0, 0.3, 200_000, 1.5)
     soak = Soak(600, 10**7, [300, 310, 305, 300, 302, 309])
-    met = bench.targets(runs(), hold, soak)
+    met = report.targets(runs(), hold, soak)
     assert met.met, met.checks
-    missed = bench.targets(runs(daemon_rate=26_000, lost=5, stored_short=5),
+    missed = report.targets(runs(daemon_rate=26_000, lost=5, stored_short=5),
                            Hold(100_000, 350.0, 1.2, 200_000, 1.5), Soak(600, 10**7, [300, 300, 450, 500]))
     assert [ok for _, ok, _ in missed.checks] == [False, False, True, False, False, False]
 
 
 def test_table_has_every_figure_per_setup() -> None:
-    text = bench.table(runs())
+    text = report.table(runs())
     lines = text.splitlines()
     assert "untraced" in lines[0] and "daemon" in lines[0] and "tcpstates" not in lines[0]
     labels = [line.split("|")[1].strip() for line in lines[2:]]
@@ -75,7 +80,8 @@ def test_table_has_every_figure_per_setup() -> None:
 
 
 def test_bad_flags_are_one_line_errors() -> None:
-    for flags in (["--seconds", "0"], ["--rounds", "0"], ["--hold", "-1"], ["--seconds", "nan"]):
+    for flags in (["--seconds", "0"], ["--rounds", "0"], ["--hold", "-1"], ["--seconds", "nan"],
+                  ["--load", "one-listener"], ["--warm", "-1"], ["--warm", "soon"]):
         done = subprocess.run([sys.executable, "-m", "tracer", "bench", *flags], cwd=ROOT,
                               capture_output=True, text=True)
         assert done.returncode == 2, flags
@@ -87,4 +93,73 @@ def test_losses_are_split_by_reason() -> None:
     metrics = {'tcpstate_events_lost_total{reason="ring_buffer_full"}': 3.0,
                'tcpstate_events_lost_total{reason="program_not_run"}': 0.0,
                'tcpstate_events_received_total': 9.0}
-    assert bench._lost_by_reason(metrics) == {"ring_buffer_full": 3, "program_not_run": 0}
+    assert tracers.lost_by_reason(metrics) == {"ring_buffer_full": 3, "program_not_run": 0}
+
+
+@pytest.mark.parametrize(("shape", "threads", "ports", "generated"), [
+    # 10 a connection, 2 a listener: one listener a thread, or one for all of them.
+    (load.LISTENER_PER_THREAD, 2, [1024, 1025], 10 * 1000 + 2 * 2),
+    (load.LISTENER_PER_THREAD, 3, [1024, 1025, 1026], 10 * 1000 + 2 * 3),
+    (load.SHARED_LISTENER, 2, [1024], 10 * 1000 + 2 * 1),
+    (load.SHARED_LISTENER, 4, [1024], 10 * 1000 + 2 * 1),
+])
+def test_each_shape_generates_a_known_count_on_known_ports(shape, threads, ports, generated) -> None:
+    assert shape.ports(threads) == ports
+    assert shape.generated(1000, threads) == generated
+    assert shape.generated(0, threads) == 2 * len(ports)  # the listeners' own
+
+
+class FakeNamespace:
+    """Answers as the load generator would, and records what the bench ran."""
+
+    def __init__(self, line: str) -> None:
+        self.line, self.ran, self.renewed = line, [], 0
+
+    def run(self, *argv: str) -> str:
+        self.ran.append(argv)
+        return self.line
+
+    def renew(self) -> None:
+        self.renewed += 1
+
+
+def test_an_untraced_run_is_the_shape_s_mode_in_a_fresh_namespace(tmp_path: Path) -> None:
+    ns = FakeNamespace('{"connections": 5000, "errors": 0, "seconds": 1.0, "threads": 2, "listeners": 1}')
+    b = Bench(ns, tmp_path / "loadgen", tmp_path, 1.0, 2, [], shape=load.SHARED_LISTENER)
+    run = b.untraced()
+    assert ns.renewed == 1 and ns.ran == [(str(tmp_path / "loadgen"), "shared-listener", "1024", "1", "2")]
+    assert (run.setup, run.connections, run.generated) == ("untraced", 5000, 50_002)
+    assert b.ports == [1024]
+
+
+@pytest.mark.parametrize(("line", "error"), [
+    ('{"connections": 5, "errors": 3, "seconds": 1.0, "threads": 2, "listeners": 2}', "3 failed connections"),
+    ('{"connections": 5, "errors": 0, "seconds": 1.0, "threads": 2, "listeners": 1}', "opened 1 listeners"),
+    ("usage: loadgen ...", "not its JSON line"),
+])
+def test_a_load_that_cannot_be_counted_stops_the_bench(tmp_path: Path, line: str, error: str) -> None:
+    with pytest.raises(bench.BenchError, match=error):
+        load.churn(FakeNamespace(line), tmp_path / "loadgen", load.LISTENER_PER_THREAD, 1.0, 2)
+
+
+def test_load_and_warm_flags_reach_the_bench(monkeypatch) -> None:
+    seen = {}
+    monkeypatch.setattr(bench, "main", lambda *args, **kw: seen.update(kw) or 0)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # the bench's SIGTERM handler
+    assert cli.main(["bench", "--load", "shared-listener", "--warm", "5"]) == 0
+    assert (seen["load"], seen["warm_s"]) == ("shared-listener", 5)
+    assert cli.main(["bench"]) == 0
+    assert (seen["load"], seen["warm_s"]) == ("listener-per-thread", 0)
+
+
+def test_the_flag_takes_every_shape_and_defaults_to_the_original_one() -> None:
+    parser = cli.build_parser()
+    assert parser.parse_args(["bench"]).load == load.LISTENER_PER_THREAD.name
+    for name in load.SHAPES:
+        assert parser.parse_args(["bench", "--load", name]).load == name
+
+
+def test_an_unknown_shape_is_refused_before_anything_runs(monkeypatch) -> None:
+    monkeypatch.setattr(bench.os, "geteuid", lambda: 0)
+    with pytest.raises(bench.BenchError, match="no load shape 'ring'"):
+        bench.main(1.0, 1, 2, False, 0, 0, None, [], load="ring")

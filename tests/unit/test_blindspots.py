@@ -1,4 +1,4 @@
-"""tracer/blindspots.py without the kernel: reading ftrace's lines and naming blind threads."""
+"""tracer/host/blindspots.py without the kernel: reading ftrace's lines, naming blind threads, its program file."""
 
 from __future__ import annotations
 
@@ -50,3 +50,10 @@ def test_summary_warns_when_threads_are_blind_or_the_probe_cannot_run(monkeypatc
     assert warn and "tokio-rt-worker (tid 75)" in line
     monkeypatch.setattr(blindspots, "probe", lambda seconds, root: blindspots.Probe([], Counter(), {}))
     assert blindspots.summary(5) == (blindspots.describe([], 5), False)
+
+
+def test_the_program_is_a_file_whose_default_map_size_is_the_one_python_passes() -> None:
+    source = blindspots.PROGRAM.read_text()
+    assert blindspots.PROGRAM.name == "blindspots.bpf.c" and blindspots.PROGRAM.parent.name == "bpf"
+    assert f"#define BLINDSPOTS_MAX_THREADS {blindspots.MAX_THREADS}\n" in source
+    assert "TRACEPOINT_PROBE(irq, softirq_entry)" in source

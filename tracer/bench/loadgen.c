@@ -1,12 +1,25 @@
 /* Loopback load for `tcpstate-tracer bench` (tracer/bench builds and runs it).
  *
  *   loadgen churn PORT SECONDS THREADS
- *       Each thread listens on PORT+i and, until SECONDS have passed, makes one
- *       connection at a time: connect, accept, close the client, close the server.
- *       That is 10 transitions a connection (client: CLOSE>SYN_SENT>ESTABLISHED>
- *       FIN_WAIT1>FIN_WAIT2>CLOSE, its TIME_WAIT unreported; server: LISTEN>SYN_RECV>
- *       ESTABLISHED>CLOSE_WAIT>LAST_ACK>CLOSE) plus 2 per listener (CLOSE>LISTEN>CLOSE).
- *       Prints one JSON line: connections made, errors, seconds.
+ *       The bench's default shape (`--load listener-per-thread`). Each thread
+ *       listens on PORT+i and, until SECONDS have passed, makes one connection at a
+ *       time: connect, accept, close the client, close the server.
+ *   loadgen shared-listener PORT SECONDS THREADS
+ *       `--load shared-listener`: one listener on PORT for all threads. Until
+ *       SECONDS have passed each thread connects to it, accepts whichever connection
+ *       the listener hands it (its own or another thread's: the threads accept in
+ *       turn), closes its client, then reads the accepted connection to its end and
+ *       closes it. Reading to the end keeps the client the first to close, whoever
+ *       accepted. No thread waits for ever: a thread in accept() has connected and
+ *       not yet accepted, so the listener holds at least as many connections as
+ *       there are threads waiting for one; a thread reading waits for a client that
+ *       closes as soon as its own accept() returns.
+ *
+ *       In both shapes a connection is 10 transitions (client: CLOSE>SYN_SENT>
+ *       ESTABLISHED>FIN_WAIT1>FIN_WAIT2>CLOSE, its TIME_WAIT unreported; server:
+ *       LISTEN>SYN_RECV>ESTABLISHED>CLOSE_WAIT>LAST_ACK>CLOSE) and a listener 2
+ *       (CLOSE>LISTEN>CLOSE). Prints one JSON line: connections made, errors,
+ *       seconds, threads, listeners.
  *   loadgen hold PORT COUNT
  *       Opens COUNT connections to 4 listeners (PORT..PORT+3) and holds them
  *       established (in several processes when the descriptor limit asks for it);
@@ -52,7 +65,7 @@ static int listen_on(int port) {
 	return fd;
 }
 
-struct worker { pthread_t thread; int port; double deadline; long made, errors; };
+struct worker { pthread_t thread; int port, lfd; double deadline; long made, errors; };
 
 static void *churn(void *arg) {
 	struct worker *w = arg;
@@ -73,12 +86,37 @@ static void *churn(void *arg) {
 	return NULL;
 }
 
-static int run_churn(int port, double seconds, int threads) {
+static void *shared_churn(void *arg) {
+	struct worker *w = arg;
+	struct sockaddr_in a = loopback(w->port);
+	char byte;
+	for (long i = 0;; i++) {
+		if ((i & 255) == 0 && now() >= w->deadline) break;
+		int c = socket(AF_INET, SOCK_STREAM, 0);
+		if (c < 0) { w->errors++; continue; }
+		if (connect(c, (void *)&a, sizeof a)) { w->errors++; close(c); continue; }
+		int s = accept(w->lfd, NULL, NULL);
+		close(c);
+		if (s < 0) { w->errors++; continue; }
+		/* Nothing is ever sent: the one valid outcome is the end of the stream. */
+		ssize_t n;
+		do n = read(s, &byte, 1); while (n < 0 && errno == EINTR);
+		close(s);
+		if (n) { w->errors++; continue; }
+		w->made++;
+	}
+	return NULL;
+}
+
+/* Runs `threads` workers until `seconds` have passed: each on its own listener at
+ * port+i, or all on one listener at port (shared). */
+static int run_churn(int port, double seconds, int threads, int shared) {
 	struct worker *ws = calloc(threads, sizeof *ws);
+	int lfd = shared ? listen_on(port) : -1;
 	double start = now();
 	for (int i = 0; i < threads; i++) {
-		ws[i] = (struct worker){ .port = port + i, .deadline = start + seconds };
-		pthread_create(&ws[i].thread, NULL, churn, &ws[i]);
+		ws[i] = (struct worker){ .port = shared ? port : port + i, .lfd = lfd, .deadline = start + seconds };
+		pthread_create(&ws[i].thread, NULL, shared ? shared_churn : churn, &ws[i]);
 	}
 	long made = 0, errors = 0;
 	for (int i = 0; i < threads; i++) {
@@ -86,8 +124,10 @@ static int run_churn(int port, double seconds, int threads) {
 		made += ws[i].made;
 		errors += ws[i].errors;
 	}
-	printf("{\"connections\": %ld, \"errors\": %ld, \"seconds\": %.6f, \"threads\": %d}\n",
-	       made, errors, now() - start, threads);
+	double elapsed = now() - start;
+	if (shared) close(lfd);
+	printf("{\"connections\": %ld, \"errors\": %ld, \"seconds\": %.6f, \"threads\": %d, \"listeners\": %d}\n",
+	       made, errors, elapsed, threads, shared ? 1 : threads);
 	return errors != 0;
 }
 
@@ -138,9 +178,11 @@ static int run_hold(int port, long count) {
 
 int main(int argc, char **argv) {
 	if (argc == 5 && !strcmp(argv[1], "churn"))
-		return run_churn(atoi(argv[2]), atof(argv[3]), atoi(argv[4]));
+		return run_churn(atoi(argv[2]), atof(argv[3]), atoi(argv[4]), 0);
+	if (argc == 5 && !strcmp(argv[1], "shared-listener"))
+		return run_churn(atoi(argv[2]), atof(argv[3]), atoi(argv[4]), 1);
 	if (argc == 4 && !strcmp(argv[1], "hold"))
 		return run_hold(atoi(argv[2]), atol(argv[3]));
-	fprintf(stderr, "usage: loadgen churn PORT SECONDS THREADS | loadgen hold PORT COUNT\n");
+	fprintf(stderr, "usage: loadgen churn|shared-listener PORT SECONDS THREADS | loadgen hold PORT COUNT\n");
 	return 2;
 }

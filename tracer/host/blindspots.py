@@ -1,18 +1,19 @@
 """Threads whose softirq work no BPF tracing program sees.
 
 TCP state changes caused by arriving segments run in softirq context, on top of
-whichever thread the CPU happened to be running. Measured on this project's
-machines (Linux 6.18): on top of threads of the VM's agent (pid 1's
-tokio-rt-worker, tid 75 and once 68), the kernel runs no BPF tracing program at
-all, and counts no program miss either; ftrace, which does not go through BPF or
-perf, sees those events. A transition processed there is invisible to any
-BPF-based tracer (tests/bench/unseen.py shows it for the daemon).
+whichever thread the CPU happened to be running. On some hosts there are threads
+on top of which the kernel runs no BPF tracing program at all, and counts no
+program miss either; ftrace, which does not go through BPF or perf, still sees
+those events. A transition processed there is invisible to any BPF-based tracer
+(tests/bench/unseen.py shows it for the daemon; README "Performance" names the
+threads found on the project's machines).
 
 `probe()` finds such threads: it counts irq:softirq_entry per thread with a BPF
-program and, over the same moments, with an ftrace instance, and names the
-threads ftrace saw doing softirq work that the program never saw. The program is
-attached before ftrace is enabled and read after it is disabled, so a thread the
-program sees is counted by it at least as often as by ftrace.
+program (bpf/blindspots.bpf.c) and, over the same moments, with an ftrace
+instance, and names the threads ftrace saw doing softirq work that the program
+never saw. The program is attached before ftrace is enabled and read after it is
+disabled, so a thread the program sees is counted by it at least as often as by
+ftrace.
 """
 
 from __future__ import annotations
@@ -22,21 +23,13 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from tracer.host import tracefs
 
-PROGRAM = r"""
-BPF_HASH(runs, u32, u64, 65536);
-TRACEPOINT_PROBE(irq, softirq_entry)
-{
-	u32 tid = bpf_get_current_pid_tgid();
-	u64 zero = 0, *n = runs.lookup_or_try_init(&tid, &zero);
-	if (n)
-		__sync_fetch_and_add(n, 1);
-	return 0;
-}
-"""
+PROGRAM = Path(str(resources.files("tracer.bpf") / "blindspots.bpf.c"))
+MAX_THREADS = 65536  # threads the program counts at once (BLINDSPOTS_MAX_THREADS)
 EVENT = "irq/softirq_entry"
 MIN_EVENTS = 2  # ftrace must have seen a thread this often before it is called blind
 BUFFER_KB = 8192  # per CPU; an overrun only makes ftrace's counts lower bounds
@@ -96,7 +89,7 @@ def probe(seconds: float = 5.0, root: Path | None = None) -> Probe:
         raise ProbeError("tracefs is not mounted")
     instance = root / "instances" / f"tcpstate-blindspots-{os.getpid()}"
     try:
-        program = bcc.BPF(text=PROGRAM.encode())
+        program = bcc.BPF(src_file=str(PROGRAM).encode(), cflags=[f"-DBLINDSPOTS_MAX_THREADS={MAX_THREADS}"])
     except Exception as exc:  # bcc raises bare Exception for compile and load errors
         raise ProbeError(f"the probe's BPF program did not load: {exc}") from None
     try:
@@ -112,6 +105,9 @@ def probe(seconds: float = 5.0, root: Path | None = None) -> Probe:
         finally:
             instance.rmdir()
         runs = {k.value: v.value for k, v in program[b"runs"].items()}
+        if len(runs) >= MAX_THREADS:
+            raise ProbeError(f"{MAX_THREADS} threads or more did softirq work: the probe's map was full, "
+                             "and a thread it could not count would be named blind")
     except OSError as exc:
         raise ProbeError(f"ftrace instance {instance}: {exc.strerror or exc}") from None
     finally:

@@ -171,7 +171,8 @@ def check_tracefs(root: Path | None, euid: int, can_mount: bool,
 
 
 def check_tracepoints(root: Path) -> CheckResult:
-    """The program attaches to these tracepoints and nothing else (no kprobes here)."""
+    """The program attaches to these tracepoints and nothing else: no kprobes or fentry,
+    which kernels built without them or locked down refuse."""
     try:
         missing = tracefs.missing_tracepoints(root)
     except OSError as exc:

@@ -12,6 +12,7 @@ import logging
 import struct
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from tracer.core import record
@@ -22,7 +23,7 @@ from tracer.sources.ringbuf import RingBufferReader
 
 log = logging.getLogger(__name__)
 
-BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
+BPF_DIR = Path(str(resources.files("tracer.bpf")))  # bpf/ in a checkout, tracer/bpf/ installed
 PROGRAM = BPF_DIR / "tcpstates.bpf.c"
 
 # bpf/tcpstates.h TCPSTATE_STAT_*: the slots of the program's per-CPU `stats` array, in
