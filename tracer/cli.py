@@ -270,7 +270,7 @@ def cmd_stuck(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(url, timeout=10) as resp:
             body = resp.read().decode()
     except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise CliError(f"cannot reach the daemon at {url}: {reason} "
                        "(is `tcpstate-tracer run` running there? see --web.listen-address)") from None
     if args.json:
