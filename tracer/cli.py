@@ -158,11 +158,11 @@ def _stream(source: EventSource, printer: TransitionPrinter, tracker: Tracker, r
     """Applies the source's records to ``tracker`` as the daemon's event reader does,
     then prints their events in time order (the marks of TIME_WAIT as the batch left
     the model) and writes them to ``record``."""
-    from tracer.core.record import events_of, to_json
+    from tracer.core.record import Field, events_of, to_json
     from tracer.core.states import TcpState
 
-    close = TcpState.CLOSE.value
-    by_time = itemgetter(0)
+    close, new = TcpState.CLOSE.value, Field.NEW
+    by_time = itemgetter(Field.TS)
     while stop is None or not stop.stopping:
         batch = source.read_records(0.2)
         if batch is None:
@@ -177,8 +177,8 @@ def _stream(source: EventSource, printer: TransitionPrinter, tracker: Tracker, r
         for ev in events:
             if record is not None:
                 record.write(json.dumps(to_json(ev)) + "\n")
-            printer.show(ev, ev[11] == close and tracker.in_timewait(ev))
-        tracker.expire(events[-1][0])
+            printer.show(ev, ev[new] == close and tracker.in_timewait(ev))
+        tracker.expire(events[-1][Field.TS])
         printer.out.flush()
 
 

@@ -24,8 +24,8 @@ def _endpoint(addr: str, port: int, v6: bool) -> str:
 
 
 class StateTimes:
-    """When each socket entered the state it is in, as far as the lines printed show:
-    what PREV_MS says. The time in a state is known only from a transition into it,
+    """When each socket entered the state it is in, as far as its events tell: what
+    PREV_MS says. The time in a state is known only from a transition into it,
     so a socket's first transition shows none, and neither does one that does not
     start from the state the socket was last seen entering (a transition the kernel
     skipped the program for came between), nor a reset. Bounded: past ``limit``
