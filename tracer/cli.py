@@ -13,10 +13,17 @@ import logging
 import platform
 import sys
 import time
+from operator import itemgetter
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from tracer import __version__, config
 from tracer.daemon.signals import StopSignals
+
+if TYPE_CHECKING:
+    from tracer.console import TransitionPrinter
+    from tracer.core.tracker import Tracker
+    from tracer.sources import EventSource
 
 PROG = "tcpstate-tracer"
 
@@ -151,28 +158,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
 
 
-def _stream(source, printer, tracker, record=None, stop: StopSignals | None = None) -> None:
-    """Applies every event of ``source`` to ``tracker`` and prints what the printer wants."""
-    from tracer.core.record import to_json
+def _stream(source: EventSource, printer: TransitionPrinter, tracker: Tracker, record: TextIO | None = None,
+            stop: StopSignals | None = None) -> None:
+    """Applies the source's records to ``tracker`` as the daemon's event reader does,
+    then prints their events in time order (the marks of TIME_WAIT as the batch left
+    the model) and writes them to ``record``."""
+    from tracer.core.record import Field, events_of, to_json
     from tracer.core.states import TcpState
 
-    close = TcpState.CLOSE.value
+    close, new = TcpState.CLOSE.value, Field.NEW
+    by_time = itemgetter(Field.TS)
     while stop is None or not stop.stopping:
-        batch = source.read(0.2)
+        batch = source.read_records(0.2)
         if batch is None:
             return
-        for ev in batch:
-            spent = tracker.apply(ev)
+        taken = source.sweep()
+        if taken:
+            batch = batch + taken
+        if not batch:
+            continue
+        tracker.apply_records(batch)
+        events = sorted((ev for rec in batch for ev in events_of(rec)), key=by_time)
+        for ev in events:
             if record is not None:
                 record.write(json.dumps(to_json(ev)) + "\n")
-            if printer.wants(ev):
-                printer.print(ev, spent, ev[11] == close and tracker.in_timewait(ev))
-        if batch:
-            tracker.expire(batch[-1][0])
-            printer.out.flush()
+            printer.show(ev, ev[new] == close and tracker.in_timewait(ev))
+        tracker.expire(events[-1][Field.TS])
+        printer.out.flush()
 
 
-def _tracker(cfg: config.Config):
+def _tracker(cfg: config.Config) -> Tracker:
     from tracer.core.tracker import Tracker
 
     return Tracker(int(cfg.timewait_seconds * 1e9), cfg.max_sockets)
@@ -206,7 +221,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 "wall_offset_ns": wall_offset_ns}
         record.write(json.dumps({"meta": meta}) + "\n")
     stop = StopSignals()
-    printer = TransitionPrinter(sys.stdout, args.json, wall_offset_ns, args.port)
+    printer = TransitionPrinter(sys.stdout, args.json, wall_offset_ns, args.port, cfg.max_sockets)
     print(f"{PROG}: watching TCP state transitions"
           + (f" of service port {args.port}" if args.port else "") + " (Ctrl-C to stop)",
           file=sys.stderr, flush=True)
@@ -236,7 +251,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ReplayError as exc:
         raise CliError(str(exc)) from None
     cfg = config.load({}, environ={})
-    printer = TransitionPrinter(sys.stdout, args.json, int(meta.get("wall_offset_ns", 0)), args.port)
+    printer = TransitionPrinter(sys.stdout, args.json, int(meta.get("wall_offset_ns", 0)), args.port,
+                                cfg.max_sockets)
     try:
         _stream(source, printer, _tracker(cfg))
     except ReplayError as exc:
@@ -259,7 +275,7 @@ def cmd_stuck(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(url, timeout=10) as resp:
             body = resp.read().decode()
     except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise CliError(f"cannot reach the daemon at {url}: {reason} "
                        "(is `tcpstate-tracer run` running there? see --web.listen-address)") from None
     if args.json:

@@ -6,37 +6,85 @@ import json
 import time
 from typing import TextIO
 
-from tracer.core.record import AF_INET, Event, comm_text, format_addr, role_name, to_json
-from tracer.core.states import STATE_NAMES, EventKind
+from tracer.core.record import AF_INET, Event, Field, comm_text, format_addr, role_name, to_json
+from tracer.core.states import STATE_NAMES, EventKind, TcpState
 
 _RESET_WORDS = {EventKind.RESET_RX.value: "reset received", EventKind.RESET_TX.value: "reset sent"}
 HEADER = (f"{'TIME':<15} {'PORT':>5} {'ROLE':<8} {'PID':>7} {'COMM':<15} {'LOCAL':<27} "
           f"{'REMOTE':<27} {'TRANSITION':<34} {'PREV_MS':>10}")
 
 
+_STATE = EventKind.STATE.value
+_CLOSE = TcpState.CLOSE.value
+_LISTEN_OR_CLOSE = frozenset({TcpState.LISTEN.value, TcpState.CLOSE.value})
+
+
 def _endpoint(addr: str, port: int, v6: bool) -> str:
     return f"[{addr}]:{port}" if v6 else f"{addr}:{port}"
 
 
-class TransitionPrinter:
-    """Prints one transition a line, or one JSON object a line.
+class StateTimes:
+    """When each socket entered the state it is in, as far as its events tell: what
+    PREV_MS says. The time in a state is known only from a transition into it,
+    so a socket's first transition shows none, and neither does one that does not
+    start from the state the socket was last seen entering (a transition the kernel
+    skipped the program for came between), nor a reset. Bounded: past ``limit``
+    sockets, the one quiet longest is forgotten (its next line shows none)."""
 
-    ``spent_ns`` is the time the socket spent in its previous state (-1: unknown,
-    the socket was first seen at this event); ``timewait`` says the close was
-    orderly and the connection is now modelled in TIME_WAIT.
+    def __init__(self, limit: int = 1 << 16) -> None:
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        self.limit = limit
+        self._since: dict[int, tuple[int, int]] = {}  # socket -> (state, ts_ns), quiet longest first
+
+    def spent_ns(self, ev: Event) -> int:
+        """The nanoseconds the socket spent in the state this event leaves, -1 when not known."""
+        if ev[Field.KIND] != _STATE:
+            return -1
+        ts, sk, old, new = ev[Field.TS], ev[Field.SK], ev[Field.OLD], ev[Field.NEW]
+        last = self._since.pop(sk, None)
+        born = old in _LISTEN_OR_CLOSE and new != _CLOSE  # a new socket at this address
+        spent = ts - last[1] if last is not None and last[0] == old and not born else -1
+        if new != _CLOSE:
+            since = self._since
+            since[sk] = (new, ts)
+            if len(since) > self.limit:
+                del since[next(iter(since))]
+        return spent
+
+    def __len__(self) -> int:
+        return len(self._since)
+
+
+class TransitionPrinter:
+    """Prints one transition a line, or one JSON object a line, with the time the
+    socket spent in the state it left (PREV_MS, ``prev_state_seconds``).
+
+    ``show`` takes every event, in time order, those of other ports too: the times
+    in states follow every socket, and only the lines are filtered by port.
     """
 
-    def __init__(self, out: TextIO, as_json: bool, wall_offset_ns: int, port: int | None = None) -> None:
+    def __init__(self, out: TextIO, as_json: bool, wall_offset_ns: int, port: int | None = None,
+                 max_sockets: int = 1 << 16) -> None:
         self.out = out
         self.as_json = as_json
         self.wall_offset_ns = wall_offset_ns
         self.port = port
+        self.times = StateTimes(max_sockets)
         self._header_done = as_json
 
     def wants(self, ev: Event) -> bool:
-        return self.port is None or ev[7] == self.port
+        return self.port is None or ev[Field.SERVICE_PORT] == self.port
+
+    def show(self, ev: Event, timewait: bool) -> None:
+        """One event; ``timewait`` says the close was orderly and the connection is
+        now modelled in TIME_WAIT."""
+        spent = self.times.spent_ns(ev)
+        if self.wants(ev):
+            self.print(ev, spent, timewait)
 
     def print(self, ev: Event, spent_ns: int, timewait: bool) -> None:
+        """One line for ``ev``; ``spent_ns`` -1 prints as unknown."""
         if self.as_json:
             obj = to_json(ev)
             obj["time"] = round((ev[0] + self.wall_offset_ns) / 1e9, 6)

@@ -118,8 +118,8 @@ def exported() -> dict[str, set[str]]:
         while (batch := source.read()) is not None:
             tracker.apply_batch(batch)
             last_ts = batch[-1][record.Field.TS]
-        housekeeping = SimpleNamespace(report=tracker.scan(last_ts + 1), last_reconcile_s=0.0, store=None,
-                                       reconcile_failures=0)
+        housekeeping = SimpleNamespace(report=tracker.scan(last_ts + 1), last_read_s=0.0, store=None,
+                                       failures=0)
         labels = PortLabels(64, range(32768, 61000))
         limits = {"tcp_max_tw_buckets": 131072, "ephemeral_ports": 28232}
         collector = TcpStateCollector(

@@ -76,3 +76,16 @@ def test_replay_into_a_closed_pipe_is_no_error():
     result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_replay_prints_the_recording_in_its_order_with_the_time_each_state_lasted():
+    recorded = [json.loads(l) for l in FIXTURE.read_text().splitlines() if '"meta"' not in l]
+    printed = [json.loads(l) for l in cli("replay", str(FIXTURE), "--json").stdout.splitlines()]
+    assert [(p["ts_ns"], p["sk"], p["newstate"]) for p in printed] == \
+        [(r["ts_ns"], r["sk"], r["newstate"]) for r in recorded]
+    entered: dict[str, int] = {}
+    for p in printed:
+        before = entered.get(p["sk"])
+        assert p["prev_state_seconds"] == (None if before is None else (p["ts_ns"] - before) / 1e9)
+        entered[p["sk"]] = p["ts_ns"]
+    assert [p["sport"] for p in printed if p["timewait"]] == [37176, 37192, 37202]

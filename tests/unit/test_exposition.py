@@ -58,11 +58,11 @@ class Housekeeping:
     """What the daemon's housekeeper shows the collector, fixed."""
 
     report: Report
-    last_reconcile_s: float = 0.0
-    reconcile_failures: int = 0
+    last_read_s: float = 0.0
+    failures: int = 0
     store: StoreStats | None = None
-    timeline_written: int = 0
-    timeline_not_written: int = 0
+    written: int = 0
+    not_written: int = 0
 
 
 @dataclass
@@ -163,8 +163,8 @@ SCENARIOS = [
         "loopback-3-client-close.jsonl without its last LAST_ACK -> CLOSE (TIME_WAIT expired, one "
         "LAST_ACK stuck), with fixed kernel statistics, timeline and housekeeping figures",
         drop_last=("LAST_ACK", "CLOSE"), after_s=61.0, kernel_stats=True, lag_s=0.004,
-        housekeeping={"last_reconcile_s": 0.25, "reconcile_failures": 1, "store": StoreStats(9, 81920),
-                      "timeline_written": 7, "timeline_not_written": 2}),
+        housekeeping={"last_read_s": 0.25, "failures": 1, "store": StoreStats(9, 81920),
+                      "written": 7, "not_written": 2}),
     Scenario(
         "ports-folded",
         "tests/unit/test_exposition.py: /metrics with max_ports 2 after replaying made-up connections "

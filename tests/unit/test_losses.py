@@ -1,41 +1,45 @@
-"""The daemon says in its log when the kernel's events were lost (daemon.Housekeeper.log_losses)."""
+"""The daemon says in its log when the kernel's events were lost (daemon.losses.LossLogger)."""
 
 from __future__ import annotations
 
 import logging
 
 from tracer.core.clock import FakeClock
-from tracer.core.tracker import Tracker
-from tracer.daemon import Housekeeper
+from tracer.daemon.losses import LossLogger
 
 
-def test_a_loss_is_logged_once_with_what_it_means_then_at_most_every_ten_seconds(caplog, monkeypatch):
+def test_a_loss_is_logged_once_with_what_it_means_then_at_most_every_ten_seconds(caplog):
     lost = {"ring_buffer_full": 0, "program_not_run": 0}
-    hk = Housekeeper(Tracker(60 * 10**9, 100), FakeClock(), reconcile_s=3600, lost=lambda: dict(lost))
-    now = [1000.0]
-    monkeypatch.setattr("tracer.daemon.time.monotonic", lambda: now[0])
+    clock = FakeClock(start_ns=1000 * 10**9)
+    losses = LossLogger(lambda: dict(lost), clock, every_s=10)
     caplog.set_level(logging.WARNING, logger="tracer.daemon")
 
-    hk.log_losses()
+    losses.log()
     assert caplog.messages == []
     lost["program_not_run"] = 6
-    hk.log_losses()
+    losses.log()
     assert len(caplog.messages) == 1
     assert caplog.messages[0].startswith("6 transitions lost (program_not_run, 6 since the start): "
                                          "the kernel did not run the program")
     lost["program_not_run"] = 8
-    now[0] += 9
-    hk.log_losses()
+    clock.advance(9)
+    losses.log()
     assert len(caplog.messages) == 1, "not again within ten seconds"
-    now[0] += 1
+    clock.advance(1)
     lost["ring_buffer_full"] = 3
-    hk.log_losses()
+    losses.log()
     assert sorted(m.split(":")[0] for m in caplog.messages[1:]) == [
         "2 transitions lost (program_not_run, 8 since the start)",
         "3 transitions lost (ring_buffer_full, 3 since the start)"]
 
 
+def test_the_first_loss_is_logged_at_once_whatever_the_clock_says(caplog):
+    caplog.set_level(logging.WARNING, logger="tracer.daemon")
+    LossLogger(lambda: {"program_not_run": 1}, FakeClock(start_ns=0)).log()
+    assert len(caplog.messages) == 1
+
+
 def test_a_source_without_losses_logs_nothing(caplog):
     caplog.set_level(logging.WARNING, logger="tracer.daemon")
-    Housekeeper(Tracker(60 * 10**9, 100), FakeClock(), reconcile_s=3600).log_losses()
+    LossLogger(dict, FakeClock()).log()
     assert caplog.messages == []

@@ -12,7 +12,7 @@ import pytest
 from tracer.core import record
 from tracer.core.states import EventKind, Role, TcpState
 from tracer.core.tracker import Tracker
-from tracer.sources.replay import ReplayError, ReplaySource
+from tracer.sources.replay import LifeAssembler, ReplayError, ReplaySource, read_events
 
 S = TcpState
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -195,3 +195,176 @@ def test_fixture_transition_counts(replay):
     expected[(20001, STATE, S.LISTEN, S.CLOSE)] += 1
     assert counts == dict(expected)
     assert sum(counts.values()) == 30 + 2
+
+
+# -- the kernel's records ------------------------------------------------------
+
+
+def read_all_records(source: ReplaySource) -> list[list]:
+    batches = []
+    while (batch := source.read_records()) is not None:
+        batches.append(batch)
+    return batches
+
+
+def recorded(path: Path) -> list:
+    with open(path, encoding="utf-8") as stream:
+        return list(read_events(stream))
+
+
+def per_socket(events: list) -> dict[int, list]:
+    out: dict[int, list] = {}
+    for ev in events:
+        out.setdefault(ev[record.Field.SK], []).append(ev)
+    return out
+
+
+# What a record holds once, the latest value: the owner, the ports, the flags.
+LATEST = (record.Field.PID, record.Field.SPORT, record.Field.DPORT, record.Field.FLAGS, record.Field.COMM)
+
+
+def without_latest(ev: tuple) -> tuple:
+    return tuple(v for i, v in enumerate(ev) if i not in LATEST)
+
+
+@pytest.mark.parametrize("batch_size", [4096, 7, 5, 1])
+def test_the_records_hold_the_recordings_events_in_order_per_socket(replay, batch_size):
+    records = [r for b in read_all_records(replay(LOOPBACK_3, batch_size=batch_size)) for r in b]
+    events = recorded(LOOPBACK_3)
+    got = per_socket([ev for rec in records for ev in record.events_of(rec)])
+    want = per_socket(events)
+    assert got.keys() == want.keys()
+    for sk, evs in want.items():
+        assert [without_latest(ev) for ev in got[sk]] == [without_latest(ev) for ev in evs], hex(sk)
+        # The record keeps the socket's latest owner, ports and flags, as the program does.
+        assert {tuple(ev[i] for i in LATEST) for ev in got[sk]} <= {tuple(ev[i] for i in LATEST) for ev in evs}
+    assert sum(len(b) for b in per_socket(events).values()) == 32
+
+
+def test_each_socket_of_the_fixture_is_one_life_sent_at_its_close(replay):
+    (batch,) = read_all_records(replay(LOOPBACK_3))
+    assert len(batch) == 7 and all(rec[record.MORE_AT] for rec in batch)
+    sent = [record.events_of(rec)[-1] for rec in batch]
+    assert [ev[record.Field.NEW] for ev in sent] == [S.CLOSE] * 7
+    assert [ev[record.Field.TS] for ev in sent] == sorted(ev[record.Field.TS] for ev in sent)
+    client = batch[0]
+    assert client[record.Field.SPORT] == 37176, "the port connect() bound, as the program fills it in"
+
+
+def tracker_state(tracker: Tracker) -> dict:
+    tracker.expire(10**13)
+    lives = sorted(life[1:] for life in tracker.drain_raw())  # ids follow the order lives were applied in
+    return {
+        "counts": tracker.counts,
+        "durations": {k: (h.counts, h.sum_ns) for k, h in tracker.outcome.state_durations.items()},
+        "connections": {k: (h.counts, h.sum_ns) for k, h in tracker.outcome.connection_durations.items()},
+        "failures": tracker.outcome.connect_failures,
+        "timewait": tracker.outcome.timewait_entered_by_port,
+        "stuck": tracker.outcome.stuck_total,
+        "sockets": sorted(tracker.table.sockets),
+        "stats": tracker.stats(),
+        "lives": lives,
+    }
+
+
+@pytest.mark.parametrize("batch_size", [4096, 5])
+def test_the_tracker_after_the_records_is_the_tracker_after_the_events(replay, batch_size):
+    by_records = Tracker(60 * 10**9, 1000, keep_lifecycles=True)
+    source = replay(LOOPBACK_3, batch_size=batch_size)
+    while (batch := source.read_records()) is not None:
+        by_records.apply_records(batch)
+    by_events = Tracker(60 * 10**9, 1000, keep_lifecycles=True)
+    for ev in recorded(LOOPBACK_3):
+        by_events.apply(ev)
+    assert tracker_state(by_records) == tracker_state(by_events)
+
+
+def test_the_fixture_as_records_leaves_three_time_waits(replay):
+    tracker = Tracker(timewait_ns=60 * 10**9, max_sockets=1000)
+    for batch in read_all_records(replay(LOOPBACK_3)):
+        tracker.apply_records(batch)
+    assert {k: n for k, n in tracker.snapshot().items() if n} == {(20001, S.TIME_WAIT): 3}
+    assert tracker.table.sockets == {}
+    assert [e.sk for e in tracker.tw.fifo] == [0xFFFF888000D39280, 0xFFFF888000D38940,
+                                                0xFFFF888000D38000]
+    assert tracker.events == 32
+
+
+def shapes(records: list) -> list[tuple]:
+    """(socket, transitions) of each record: (kind, new state) after the first."""
+    return [(rec[record.Field.SK], [(ev[record.Field.KIND], ev[record.Field.NEW]) for ev in record.events_of(rec)])
+            for rec in records]
+
+
+def client(event, sk: int, *steps, t0: int = 0) -> list:
+    """A client socket's events: (old, new) transitions, or "rst" for a reset received."""
+    evs = []
+    for i, step in enumerate(steps):
+        if step == "rst":
+            evs.append(event(sk, 0, 0, kind=EventKind.RESET_RX, ts_ns=t0 + i, sport=40000, dport=80,
+                             service_port=80, role=Role.ACTIVE))
+        else:
+            evs.append(event(sk, *step, ts_ns=t0 + i, sport=40000, dport=80, service_port=80, role=Role.ACTIVE))
+    return evs
+
+
+def test_a_life_is_assembled_as_the_program_assembles_it(event):
+    st = STATE
+    rst = EventKind.RESET_RX.value
+    cases = [
+        # A socket not seen opening: each transition on its own.
+        (client(event, 1, (S.ESTABLISHED, S.FIN_WAIT1), (S.FIN_WAIT1, S.FIN_WAIT2)),
+         [(1, [(st, S.FIN_WAIT1)]), (1, [(st, S.FIN_WAIT2)])], 0),
+        # A reset goes in the life; the close sends it.
+        (client(event, 2, (S.CLOSE, S.SYN_SENT), "rst", (S.SYN_SENT, S.CLOSE)),
+         [(2, [(st, S.SYN_SENT), (rst, 0), (st, S.CLOSE)])], 0),
+        # Born again at the address of a life still open: that one goes out as it is.
+        (client(event, 3, (S.CLOSE, S.SYN_SENT), (S.SYN_SENT, S.ESTABLISHED), (S.CLOSE, S.SYN_SENT)),
+         [(3, [(st, S.SYN_SENT), (st, S.ESTABLISHED)])], 1),
+    ]
+    for events, sent, still_open in cases:
+        lives = LifeAssembler()
+        records = [rec for ev in events for rec in lives.add(ev)]
+        assert shapes(records) == sent
+        assert len(lives) == still_open
+
+
+def test_a_full_life_goes_out_and_the_socket_goes_on_one_transition_a_record(event):
+    steps = [(S.CLOSE, S.SYN_SENT), (S.SYN_SENT, S.ESTABLISHED)] + ["rst"] * 7 + [(S.ESTABLISHED, S.CLOSE)]
+    lives = LifeAssembler()
+    records = [rec for ev in client(event, 9, *steps) for rec in lives.add(ev)]
+    assert [rec[record.MORE_AT] for rec in records] == [record.MORE, 0, 0]
+    assert shapes(records)[1:] == [(9, [(EventKind.RESET_RX.value, 0)]), (9, [(STATE, S.CLOSE)])]
+    assert len(lives) == 0
+
+
+def test_lives_open_where_the_recordings_time_goes_back_are_handed_out_there(replay, tmp_path, event):
+    """`watch --record` writes each batch it read in time order: where the time goes back,
+    the next batch began, and the lives the first left open had been sent open."""
+    first = client(event, 1, (S.CLOSE, S.SYN_SENT), (S.SYN_SENT, S.ESTABLISHED), t0=100)
+    earlier = client(event, 2, (S.CLOSE, S.SYN_SENT), (S.SYN_SENT, S.CLOSE), t0=50)
+    later = client(event, 1, (S.ESTABLISHED, S.CLOSE), t0=200)
+    source = replay(write_recording(tmp_path / "r.jsonl", first + earlier + later))
+    batches = read_all_records(source)
+    assert [shapes(b) for b in batches] == [
+        [(1, [(STATE, S.SYN_SENT), (STATE, S.ESTABLISHED)])],
+        [(2, [(STATE, S.SYN_SENT), (STATE, S.CLOSE)]), (1, [(STATE, S.CLOSE)])],
+    ]
+
+
+def test_a_bad_line_comes_after_the_lives_before_it(replay, tmp_path, event):
+    opened = client(event, 1, (S.CLOSE, S.SYN_SENT), (S.SYN_SENT, S.ESTABLISHED))
+    path = write_recording(tmp_path / "r.jsonl", opened + ['{"sk": "0x1"}'])
+    source = replay(path)
+    assert shapes(source.read_records()) == [(1, [(STATE, S.SYN_SENT), (STATE, S.ESTABLISHED)])]
+    for _ in range(2):
+        with pytest.raises(ReplayError, match=rf"^{re.escape(str(path))}:4: .*'ts_ns'"):
+            source.read_records()
+
+
+def test_a_replay_has_nothing_to_sweep_and_no_backlog(replay):
+    source = replay(LOOPBACK_3)
+    assert source.sweep() == [] and source.backlog() == 0.0
+    source.seed_listeners({20001: (1, "x")})
+    assert len(read_all_records(source)) == 1
+    assert source.read_records() is None

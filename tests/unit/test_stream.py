@@ -5,8 +5,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from flask import Flask
+from prometheus_client import CollectorRegistry
 
-from tracer.web import stream
+from tracer.core.clock import FakeClock
+from tracer.daemon.changes import TimelineChanges
+from tracer.web import create_app, stream
 
 
 def app_with(changes, limit: int) -> Flask:
@@ -17,7 +20,7 @@ def app_with(changes, limit: int) -> Flask:
 
 
 def test_a_change_is_announced_and_viewers_are_capped():
-    changes = SimpleNamespace(timeline_version=0, timeline_written_at=0.0)
+    changes = TimelineChanges()
     app = app_with(changes, limit=1)
     client = app.test_client()
     first = client.get("/api/v1/stream", buffered=False)
@@ -26,9 +29,29 @@ def test_a_change_is_announced_and_viewers_are_capped():
     assert next(chunks).startswith(b"retry:")
     second = client.get("/api/v1/stream")
     assert second.status_code == 503 and "too many live viewers" in second.get_json()["error"]
-    changes.timeline_version, changes.timeline_written_at = 1, 123.5
+    changes.changed(123.5)
     assert next(chunks) == b'event: changed\ndata: {"at": 123.5}\n\n'
     first.close()
     third = client.get("/api/v1/stream", buffered=False)
     assert third.status_code == 200, "the slot is free again once a viewer leaves"
     third.close()
+
+
+class Health:
+    def alive(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        return True, "ok"
+
+
+def test_the_stream_is_served_only_with_a_change_feed():
+    """Without one the page polls (it takes a 404 for "no live updates")."""
+    stuck = SimpleNamespace(report=None)
+    without = create_app(CollectorRegistry(), Health(), stuck, FakeClock()).test_client()
+    assert without.get("/api/v1/stream").status_code == 404
+    app = create_app(CollectorRegistry(), Health(), stuck, FakeClock(), changes=TimelineChanges())
+    app.config["STREAM_INTERVAL"] = 0.01
+    response = app.test_client().get("/api/v1/stream", buffered=False)
+    assert response.status_code == 200 and next(response.response).startswith(b"retry:")
+    response.close()

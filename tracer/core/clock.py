@@ -1,4 +1,10 @@
-"""Time, injected: the kernel stamps events with CLOCK_MONOTONIC, and so does this."""
+"""Time, injected: the kernel stamps events with CLOCK_MONOTONIC, and so does this.
+
+Intervals and ages are monotonic nanoseconds, on the kernel's basis; Unix time is
+only for what people and the store read (when something was written, what the
+timeline's retention keeps). Code off the event path takes both from a Clock, so
+its tests move time by hand instead of patching the time module.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,10 @@ class Clock(Protocol):
         """Unix nanoseconds minus monotonic ones: wall(t) == (t + offset_ns()) / 1e9."""
         ...
 
+    def now(self) -> float:
+        """Unix seconds now."""
+        ...
+
 
 class SystemClock:
     def __init__(self) -> None:
@@ -30,6 +40,9 @@ class SystemClock:
 
     def offset_ns(self) -> int:
         return self._offset_ns
+
+    def now(self) -> float:
+        return time.time()
 
 
 class FakeClock:
@@ -51,3 +64,6 @@ class FakeClock:
 
     def offset_ns(self) -> int:
         return round(self._wall_start * 1e9) - self._start_ns
+
+    def now(self) -> float:
+        return self.wall(self.now_ns)

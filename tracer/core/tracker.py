@@ -31,10 +31,10 @@ from tracer.core.detector import WATCHED, Report, Rules, Stuck
 from tracer.core.journal import PENDING_LIVES_MAX, Journal
 from tracer.core.kernel_socket import Conn, KernelSocket
 from tracer.core.outcomes import BOUNDS_NS, DURATION_BUCKETS_S, Histogram, Outcomes, OutcomesSnapshot
-from tracer.core.record import MORE, MORE_AT, RECORD_SIZE, Event, Record, RecordBatch, events_of
+from tracer.core.record import MORE, RECORD_SIZE, Event, Record, RecordBatch, events_of
 from tracer.core.sockets import SocketEntry, SocketTable, intern
 from tracer.core.states import ACTIVE_CLOSE_STATES, EventKind, Role, TcpState
-from tracer.core.timewait import AGE_KNOWN, CONN, EXPIRES, NETNS, SINCE, TimeWait, TimeWaitModel
+from tracer.core.timewait import EXPIRES, NETNS, SINCE, TimeWait, TimeWaitModel
 
 __all__ = ["DURATION_BUCKETS_S", "Histogram", "OutcomesSnapshot", "PENDING_LIVES_MAX", "RECONCILED_STATES",
            "SocketEntry", "Tracker", "TrackerStats"]

@@ -25,15 +25,15 @@ class EventLag(Protocol):
 class KernelTableReads(Protocol):
     """Whatever reads the kernel's socket table to check the model."""
 
-    last_reconcile_s: float  # how long the last read took
-    reconcile_failures: int
+    last_read_s: float  # how long the last read took
+    failures: int
 
 
 class TimelineWrites(Protocol):
     """Whatever hands the tracker's lives to the store."""
 
-    timeline_written: int
-    timeline_not_written: int  # lives the store refused
+    written: int
+    not_written: int  # lives the store refused
 
 
 class TimelineSize(Protocol):
@@ -77,11 +77,11 @@ class HealthFamilies:
             yield gauge(
                 "tcpstate_kernel_table_read_duration_seconds",
                 "How long the last read of the kernel's socket table (sock_diag, every network "
-                "namespace, watched states only) took", [], {(): self._kernel_table.last_reconcile_s})
+                "namespace, watched states only) took", [], {(): self._kernel_table.last_read_s})
             yield counter(
                 "tcpstate_kernel_table_read_failures",
                 "Reads of the kernel's socket table that failed, per namespace (the model went unchecked)",
-                [], {(): self._kernel_table.reconcile_failures})
+                [], {(): self._kernel_table.failures})
         if self._timeline is not None and self._store is not None:
             yield from self._timeline_families(self._timeline, self._store, timeline_dropped)
         yield gauge("tcpstate_scrape_duration_seconds", "How long the previous scrape took to collect",
@@ -96,12 +96,12 @@ class HealthFamilies:
     def _timeline_families(timeline: TimelineWrites, store: TimelineSize, dropped: int) -> Iterator[Metric]:
         yield counter("tcpstate_timeline_records_written",
                       "Socket lives written to the timeline store (an open one again as it changes)",
-                      [], {(): timeline.timeline_written})
+                      [], {(): timeline.written})
         yield counter(
             "tcpstate_timeline_records_lost",
             "Socket lives the timeline lost: write_failed (the store refused a batch), dropped (the "
             "store fell behind and the daemon's queue was full)", ["reason"],
-            {("write_failed",): timeline.timeline_not_written, ("dropped",): dropped})
+            {("write_failed",): timeline.not_written, ("dropped",): dropped})
         sizes = store.stats()
         yield gauge("tcpstate_timeline_rows", "Socket lives in the timeline store", [], {(): sizes.get("rows", 0)})
         yield gauge("tcpstate_timeline_size_bytes", "Size of the timeline store on disk", [],

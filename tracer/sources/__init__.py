@@ -1,15 +1,22 @@
 """Event sources: where transitions come from. The core cannot tell them apart.
 
-A source hands out batches of event tuples (tracer/core/record.py) and keeps the
-exact per-(service port, kind, transition) counts the kernel program keeps, so
-metrics can be checked against a replay as well as against the kernel.
+A source hands out the kernel's records (tracer/core/record.py): a young socket's
+life in one record, any other transition in a record of its own. The live source
+reads them from the program's ring buffer (bcc.py), the replay source assembles a
+recording into the same records (replay.py), so the daemon, `watch` and `replay`
+apply them the one way (Tracker.apply_records) and the fixtures exercise the path
+production runs.
+
+``EventSource`` declares what the event reader (tracer/daemon/pipeline.py), the
+reconciler (tracer/daemon/reconciler.py) and `watch` call. What the metrics read
+from a source (its exact counters) is declared apart.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from tracer.core.record import Event
+from tracer.core.record import Record
 
 if TYPE_CHECKING:
     from tracer.sources.bcc import KernelStats
@@ -20,17 +27,29 @@ CountKey = tuple  # (int | None, int, int, int)
 
 
 class EventSource(Protocol):
-    def read(self, timeout_s: float) -> list[Event] | None:
-        """The next batch (possibly empty after the timeout); None once the source is exhausted."""
+    def read_records(self, timeout_s: float) -> list[Record] | None:
+        """The next records, oldest sent first (empty when none came within the
+        timeout); None once the source is exhausted."""
         ...
 
-    def transition_counts(self) -> dict[CountKey, int]:
-        """Exact counts of every transition and reset seen, by service port."""
+    def sweep(self) -> list[Record]:
+        """Lives that have been open a while, taken as they are: to be applied after
+        the records read so far (empty when there are none, or none are due)."""
+        ...
+
+    def backlog(self) -> float:
+        """The share of the source's buffer holding records not read yet (0 to 1):
+        how close the reader is to losing events."""
         ...
 
     def lost(self) -> dict[str, int]:
         """Events lost, by reason: "ring_buffer_full" (counted in the kernel, never
         delivered), "program_not_run" (the kernel skipped the program: seen nowhere)."""
+        ...
+
+    def seed_listeners(self, listeners: dict[int, tuple[int, str]]) -> None:
+        """Ports listened on before the source started, port -> (owner pid, comm), so
+        the sockets on them are taken for the passive side."""
         ...
 
     def close(self) -> None: ...

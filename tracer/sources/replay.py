@@ -1,4 +1,18 @@
-"""Replays a recording (JSON lines, as ``watch --record`` writes them) as an event source."""
+"""Replays a recording (JSON lines, as ``watch --record`` writes them) as an event source.
+
+A recording holds events one by one; the kernel sends records, a young socket's
+whole life in one (bpf/tcpstates.bpf.c). ``ReplaySource.read_records`` assembles
+the events into the records the program would have sent for them, so a replay
+goes through the path the daemon runs (Tracker.apply_records) and prints what
+`watch` printed.
+
+The one difference from the kernel: the program's lives that stay open are taken
+by user space once they are 0.3 s old (BccSource.sweep); a replay takes the lives
+still open at the end of each batch instead, as they are. A batch is a stretch of
+the recording in time order (it ends where the recording's time goes back, which
+is where the recording `watch` read a new batch, or after ``batch_size`` events),
+so each batch printed in time order is the recording in its own order.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +22,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from tracer.core.record import Event, from_json
+from tracer.core import record
+from tracer.core.record import Event, Field, Record, from_json
+from tracer.core.states import EventKind, TcpState
 from tracer.sources import CountKey
+
+_STATE = EventKind.STATE.value
+_CLOSE = TcpState.CLOSE.value
+_LISTEN = TcpState.LISTEN.value
+# A socket seen opening starts a life (bpf/tcpstates.bpf.c, the tracepoint's `born`).
+_BIRTHS = frozenset({(TcpState.CLOSE.value, TcpState.SYN_SENT.value),
+                     (TcpState.LISTEN.value, TcpState.SYN_RECV.value)})
 
 
 class ReplayError(ValueError):
@@ -34,8 +57,58 @@ def read_events(stream: IO[str], name: str = "<stream>") -> Iterator[Event]:
             raise ReplayError(f"{name}:{lineno}: {exc}") from None
 
 
+class LifeAssembler:
+    """Events in, the kernel program's records out, in the order it sends them.
+
+    As bpf/tcpstates.bpf.c does: a socket born (CLOSE -> SYN_SENT, LISTEN -> SYN_RECV,
+    or into LISTEN) starts a life; its later transitions and resets are appended, up
+    to record.MORE of them; a CLOSE sends the life, and so does a birth at the address
+    of a life still open (whose end the program never saw). A full life is sent as it
+    is, and the transition that did not fit goes on its own, as every transition of a
+    socket without a life does. (The map of lives is never full here.)
+    """
+
+    def __init__(self) -> None:
+        self._lives: dict[int, list[Event]] = {}  # by socket, oldest birth first
+
+    def add(self, ev: Event) -> list[Record]:
+        """The records the program sends at this event (often none)."""
+        sk, kind, new = ev[Field.SK], ev[Field.KIND], ev[Field.NEW]
+        lives = self._lives
+        if kind == _STATE and ((ev[Field.OLD], new) in _BIRTHS or new == _LISTEN):
+            stale = lives.pop(sk, None)
+            lives[sk] = [ev]
+            return [] if stale is None else [_record(stale)]
+        life = lives.get(sk)
+        if life is None:
+            return [_record([ev])]
+        if len(life) == 1 + record.MORE:
+            del lives[sk]
+            return [_record(life), _record([ev])]
+        life.append(ev)
+        if kind == _STATE and new == _CLOSE:
+            del lives[sk]
+            return [_record(life)]
+        return []
+
+    def take_all(self) -> list[Record]:
+        """Every life still open, as it is (the kernel's sweep would take them)."""
+        taken = [_record(life) for life in self._lives.values()]
+        self._lives.clear()
+        return taken
+
+    def __len__(self) -> int:
+        return len(self._lives)
+
+
+def _record(events: list[Event]) -> Record:
+    return record.unpack(record.pack(events))
+
+
 class ReplaySource:
-    """Hands out a recording in batches and counts it as the kernel program would."""
+    """Hands out a recording as the kernel's records, in batches, and counts it as the
+    kernel program would. ``read`` gives the recorded events as they are instead, for
+    tools and tests that look at events; a source is read one way or the other."""
 
     bcc_version = "none"  # KernelCounters: a recording is replayed without BCC
 
@@ -49,26 +122,76 @@ class ReplaySource:
         self._batch_size = batch_size
         self._counts: Counter[CountKey] = Counter()
         self._error: ReplayError | None = None
+        self._lives = LifeAssembler()
+        self._held: Event | None = None  # read, and the first of the next batch
 
-    def read(self, timeout_s: float = 0.0) -> list[Event] | None:
-        """The next batch; a bad line is raised only after the events before it were handed out."""
+    def _next(self) -> Event | None:
+        """The next event of the recording, counted; None at its end. A bad line is
+        kept and raised by every later read: a broken file never looks finished."""
         if self._error is not None:
             raise self._error
+        try:
+            ev = next(self._events)
+        except StopIteration:
+            return None
+        except ReplayError as exc:
+            self._error = exc
+            raise
+        self._counts[(ev[Field.SERVICE_PORT], ev[Field.KIND], ev[Field.OLD], ev[Field.NEW])] += 1
+        return ev
+
+    def read_records(self, timeout_s: float = 0.0) -> list[Record] | None:
+        """The records the program would have sent for the next stretch of the
+        recording, the lives still open at its end included; None once the recording
+        is exhausted. A bad line is raised only after the records of the events
+        before it were handed out."""
+        batch: list[Record] = []
+        last_ts, events = -1, 0
+        try:
+            while events < self._batch_size:
+                ev, self._held = self._held, None
+                if ev is None and (ev := self._next()) is None:
+                    break
+                if ev[Field.TS] < last_ts:  # the recorder read a new batch here
+                    self._held = ev
+                    break
+                last_ts = ev[Field.TS]
+                events += 1
+                batch += self._lives.add(ev)
+        except ReplayError:
+            if not batch and not len(self._lives):
+                raise
+        batch += self._lives.take_all()
+        if not batch:
+            self._file.close()  # exhausted
+            return None
+        return batch
+
+    def read(self, timeout_s: float = 0.0) -> list[Event] | None:
+        """The next recorded events as they are; a bad line is raised only after the
+        events before it were handed out."""
         batch: list[Event] = []
         try:
-            for ev in self._events:
-                self._counts[(ev[7], ev[9], ev[10], ev[11])] += 1
+            while len(batch) < self._batch_size and (ev := self._next()) is not None:
                 batch.append(ev)
-                if len(batch) >= self._batch_size:
-                    break
-        except ReplayError as exc:
-            self._error = exc  # every later read says so too: a broken file never looks finished
+        except ReplayError:
             if not batch:
                 raise
         if not batch:
             self._file.close()  # exhausted
             return None
         return batch
+
+    def sweep(self) -> list[Record]:
+        """Nothing: read_records hands out the lives open at the end of each batch."""
+        return []
+
+    def backlog(self) -> float:
+        """A recording waits on disk, never in a buffer that could overflow."""
+        return 0.0
+
+    def seed_listeners(self, listeners: dict[int, tuple[int, str]]) -> None:
+        """Nothing to tell: the recording already holds each socket's role."""
 
     def transition_counts(self) -> dict[CountKey, int]:
         return dict(self._counts)

@@ -1,34 +1,34 @@
-"""The web side: /metrics, health probes, the JSON API (and later the timeline UI).
+"""The web side: /metrics, health probes, the JSON API and the timeline.
 
-``create_app`` is a factory: the daemon passes in what the pages read (a
-registry, a health object); tests pass their own.
+``create_app`` is a factory: the daemon passes in what the pages read, each typed
+by the Protocol of the page that reads it; tests pass their own.
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 from flask import Flask, jsonify
 from prometheus_client import CollectorRegistry
 from werkzeug.exceptions import HTTPException
 
+from tracer.core.clock import Clock
+from tracer.store import LifecycleStore
+from tracer.web.api import StuckReports
+from tracer.web.health import Health
+from tracer.web.stream import TimelineChanges
 
-class Health(Protocol):
-    def alive(self) -> tuple[bool, str]: ...
-
-    def ready(self) -> tuple[bool, str]: ...
+__all__ = ["Health", "StuckReports", "TimelineChanges", "create_app"]
 
 
-def create_app(registry: CollectorRegistry, health: Health, stuck: object, clock: object,
-               store: object | None = None) -> Flask:
-    """``stuck`` has the detector's latest ``report``; ``clock`` turns kernel time into Unix time;
-    ``store`` (a tracer.store.LifecycleStore) serves /api/v1/sockets when given."""
+def create_app(registry: CollectorRegistry, health: Health, stuck: StuckReports, clock: Clock,
+               store: LifecycleStore | None = None, changes: TimelineChanges | None = None) -> Flask:
+    """``clock`` turns kernel time into Unix time for the API. ``store`` serves
+    /api/v1/sockets and the timeline page when given; ``changes`` the page's live
+    stream (/api/v1/stream; without it the page polls)."""
     app = Flask(__name__, static_folder=None)  # the timeline serves its own assets
     app.config["REGISTRY"] = registry
     app.config["HEALTH"] = health
     app.config["STUCK"] = stuck
     app.config["CLOCK"] = clock
-
 
     from tracer.web import api as api_bp
     from tracer.web import health as health_bp
@@ -39,15 +39,17 @@ def create_app(registry: CollectorRegistry, health: Health, stuck: object, clock
     app.register_blueprint(api_bp.bp)
     if store is not None:
         from tracer.web import sockets_api as sockets_bp
-        from tracer.web import stream as stream_bp
         from tracer.web import timeline as timeline_bp
 
         app.config["STORE"] = store
-        app.config["CHANGES"] = stuck  # the housekeeper also says when the timeline changed
-        app.config["VIEWERS"] = stream_bp.Viewers(8)
         app.register_blueprint(sockets_bp.bp)
-        app.register_blueprint(stream_bp.bp)
         app.register_blueprint(timeline_bp.bp)
+    if changes is not None:
+        from tracer.web import stream as stream_bp
+
+        app.config["CHANGES"] = changes
+        app.config["VIEWERS"] = stream_bp.Viewers(8)
+        app.register_blueprint(stream_bp.bp)
 
     @app.errorhandler(HTTPException)
     def json_error(exc: HTTPException):  # API clients get JSON, never an HTML page

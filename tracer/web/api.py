@@ -14,8 +14,11 @@ from tracer.core.states import STATE_NAMES
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 
-class StuckSource(Protocol):
-    report: Report
+class StuckReports(Protocol):
+    """The detector's latest report (the daemon's StuckScanner, tracer/daemon/stuck.py)."""
+
+    @property
+    def report(self) -> Report: ...
 
 
 def stuck_json(s: Stuck, clock: Clock) -> dict[str, Any]:
@@ -49,9 +52,9 @@ def stuck_json(s: Stuck, clock: Clock) -> dict[str, Any]:
 
 @bp.get("/stuck")
 def stuck():
-    source: StuckSource = current_app.config["STUCK"]
+    reports: StuckReports = current_app.config["STUCK"]
     clock: Clock = current_app.config["CLOCK"]
-    report = source.report
+    report = reports.report
     return jsonify(
         scanned_at=round(clock.wall(report.at_ns), 6),
         total=len(report.stuck),

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from flask import Blueprint, current_app, jsonify
 
 bp = Blueprint("health", __name__)
+
+
+class Health(Protocol):
+    """What the probes ask (the daemon's event reader, tracer/daemon/pipeline.py)."""
+
+    def alive(self) -> tuple[bool, str]: ...
+
+    def ready(self) -> tuple[bool, str]: ...
 
 
 def _answer(ok: bool, detail: str):
@@ -13,9 +23,11 @@ def _answer(ok: bool, detail: str):
 
 @bp.get("/healthz")
 def healthz():
-    return _answer(*current_app.config["HEALTH"].alive())
+    health: Health = current_app.config["HEALTH"]
+    return _answer(*health.alive())
 
 
 @bp.get("/readyz")
 def readyz():
-    return _answer(*current_app.config["HEALTH"].ready())
+    health: Health = current_app.config["HEALTH"]
+    return _answer(*health.ready())

@@ -20,9 +20,18 @@ STREAM_SECONDS = 300
 KEEPALIVE_SECONDS = 15
 
 
-class Changes(Protocol):
-    timeline_version: int  # grows whenever the timeline was written
-    timeline_written_at: float
+class TimelineChanges(Protocol):
+    """When the timeline last changed (the daemon's TimelineChanges, tracer/daemon/changes.py)."""
+
+    @property
+    def version(self) -> int:
+        """Grows whenever the timeline was written."""
+        ...
+
+    @property
+    def written_at(self) -> float:
+        """Unix time of the latest write."""
+        ...
 
 
 class Viewers:
@@ -39,7 +48,7 @@ class Viewers:
 
 @bp.get("/stream")
 def stream():
-    changes: Changes = current_app.config["CHANGES"]
+    changes: TimelineChanges = current_app.config["CHANGES"]
     viewers: Viewers = current_app.config["VIEWERS"]
     interval = current_app.config.get("STREAM_INTERVAL", 1.0)
     if not viewers.enter():
@@ -48,15 +57,15 @@ def stream():
 
     def events():
         try:
-            seen = changes.timeline_version
+            seen = changes.version
             yield "retry: 5000\n\n"
             started = quiet = time.monotonic()
             while time.monotonic() - started < STREAM_SECONDS:
                 time.sleep(interval)
-                if changes.timeline_version != seen:
-                    seen = changes.timeline_version
+                if changes.version != seen:
+                    seen = changes.version
                     quiet = time.monotonic()
-                    yield f"event: changed\ndata: {json.dumps({'at': changes.timeline_written_at})}\n\n"
+                    yield f"event: changed\ndata: {json.dumps({'at': changes.written_at})}\n\n"
                 elif time.monotonic() - quiet > KEEPALIVE_SECONDS:
                     quiet = time.monotonic()
                     yield ": keepalive\n\n"
