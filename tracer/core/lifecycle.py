@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from tracer.core.record import MORE_AT, MORE_STATE_AT, MORE_TS_AT, comm_text, family_name, format_addr, unpack
+from tracer.core.record import MORE_AT, MORE_STATE_AT, MORE_TS_AT, comm_text, family_name, format_addr, unpack_from
 from tracer.core.states import ROLE_NAMES, STATE_NAMES
 
 
@@ -148,12 +148,12 @@ def from_raw(raw: RawLife, wall: Callable[[int], float]) -> Lifecycle:
 _TIME_WAIT = 6  # TcpState.TIME_WAIT
 
 
-def record_life(uid: int, netns: int, raw: bytes, timewait: bool, end_ns: int | None) -> RawLife:
-    """The RawLife of a socket born and closed in one kernel record (tracer/core/record.py),
-    which the tracker's short path took whole: without a TIME_WAIT it ended at the
-    record's close; with one, its TIME_WAIT began there and ended at ``end_ns``
-    (None: it goes on)."""
-    rec = unpack(raw)
+def record_life(uid: int, netns: int, data: bytes, offset: int, timewait: bool, end_ns: int | None) -> RawLife:
+    """The RawLife of a socket born and closed in one kernel record (tracer/core/record.py)
+    at ``offset`` in ``data``, which the tracker's short path took whole: without a
+    TIME_WAIT it ended at the record's close; with one, its TIME_WAIT began there and
+    ended at ``end_ns`` (None: it goes on)."""
+    rec = unpack_from(data, offset)
     more = rec[MORE_AT]
     codes, stamps = rec[MORE_STATE_AT], rec[MORE_TS_AT:MORE_TS_AT + more]
     history = [rec[11], rec[0]]

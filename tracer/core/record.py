@@ -185,6 +185,10 @@ def unpack(data: bytes) -> Record:
     return _RECORD.unpack(data)
 
 
+def unpack_from(data: bytes, offset: int) -> Record:
+    return _RECORD.unpack_from(data, offset)
+
+
 def format_addr(family: int, raw: bytes) -> str:
     if family == AF_INET:
         return socket.inet_ntop(socket.AF_INET, raw[:4])

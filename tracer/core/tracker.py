@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 
 import numpy as np
 
@@ -31,10 +29,12 @@ from tracer.core.detector import WATCHED, Report, Rules, Stuck
 from tracer.core.journal import PENDING_LIVES_MAX, Journal
 from tracer.core.kernel_socket import Conn, KernelSocket
 from tracer.core.outcomes import BOUNDS_NS, DURATION_BUCKETS_S, Histogram, Outcomes, OutcomesSnapshot
-from tracer.core.record import MORE, RECORD_SIZE, Event, Record, RecordBatch, events_of
+from tracer.core.record import Event, Record, RecordBatch, events_of
 from tracer.core.sockets import SocketEntry, SocketTable, intern
 from tracer.core.states import ACTIVE_CLOSE_STATES, EventKind, Role, TcpState
-from tracer.core.timewait import EXPIRES, NETNS, SINCE, TimeWait, TimeWaitModel
+from tracer.core.corrections import Corrections
+from tracer.core.shortpath import ShortPath
+from tracer.core.timewait import EXPIRES, SINCE, TimeWait, TimeWaitModel
 
 __all__ = ["DURATION_BUCKETS_S", "Histogram", "OutcomesSnapshot", "PENDING_LIVES_MAX", "RECONCILED_STATES",
            "SocketEntry", "Tracker", "TrackerStats"]
@@ -42,46 +42,12 @@ __all__ = ["DURATION_BUCKETS_S", "Histogram", "OutcomesSnapshot", "PENDING_LIVES
 _CLOSE = TcpState.CLOSE.value
 _TIME_WAIT = TcpState.TIME_WAIT.value
 _SYN_SENT = TcpState.SYN_SENT.value
-_LISTEN = TcpState.LISTEN.value
 _ACTIVE_CLOSE = frozenset(int(s) for s in ACTIVE_CLOSE_STATES)
 # The states the kernel's table is read for: the watched (stuck-prone) ones and CLOSING.
 RECONCILED_STATES = frozenset([s.value for s in WATCHED if s != TcpState.TIME_WAIT] + [TcpState.CLOSING.value])
 _STATE = EventKind.STATE.value
-# A re-armed TIME_WAIT timer shows as more time left in the kernel than in the model.
-_REARM_SLACK_NS = 1_000_000_000
 _LISTEN_OR_CLOSE = frozenset({TcpState.CLOSE.value, TcpState.LISTEN.value})
 _CONNECTION_ROLES = frozenset({Role.ACTIVE.value, Role.PASSIVE.value})
-_SHIFTS = np.arange(MORE, dtype=np.uint64) * np.uint64(8)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How a life born and closed in one record goes: the states it visited before
-    CLOSE, whether connect() completed in it (the transition out of SYN_SENT), whether
-    the close is an orderly active one that leaves a TIME_WAIT, and whether connect()
-    failed (SYN_SENT -> CLOSE)."""
-
-    visited: tuple[int, ...]
-    connected: bool
-    to_timewait: bool
-    failed: bool
-
-
-def _plan(first_old: int, first_new: int, codes: bytes, more: int) -> Plan | None:
-    """The plan of a record the short path takes (opened from CLOSE or a listener, no
-    resets, CLOSE once and last), or None."""
-    if first_old not in _LISTEN_OR_CLOSE or first_new == _CLOSE:
-        return None
-    states = [first_new]
-    for code in codes[:more]:
-        if code >> 4 or code == _CLOSE and len(states) < more or not code:
-            return None
-        states.append(code)
-    if states[-1] != _CLOSE:
-        return None
-    visited = tuple(states[:-1])
-    connected = any(visited[i - 1] == _SYN_SENT for i in range(1, len(visited)))
-    return Plan(visited, connected, visited[-1] in _ACTIVE_CLOSE, visited[-1] == _SYN_SENT)
 
 
 @dataclass(frozen=True)
@@ -129,12 +95,8 @@ class Tracker:
         # (0: not known; the daemon's event reader keeps it). The kernel's socket table
         # is judged only that far, less a grace: beyond, the model may not know yet.
         self.seen_until_ns = 0
-        self.timewait_reconciled_removed = 0
-        self.timewait_reconciled_added = 0
-        self.timewait_rearmed = 0
-        # Plan key (tracer.core.record more_state bytes | oldstate << 56 | newstate << 60) ->
-        # Plan or None: lives follow few paths.
-        self._plans: dict[int, Plan | None] = {}
+        self.short = ShortPath(self, self._apply_events)
+        self.corrections = Corrections(self, RECONCILED_STATES)
 
     # The timeline's ids continue from the store's (set once at start).
     @property
@@ -324,14 +286,14 @@ class Tracker:
         if not n:
             return
         a = batch.array
+        short = self.short
         with self.lock:
-            plans, which = self._plans_of(a)
-            short = self._short_candidates(a, plans, which)
-            long = np.flatnonzero(~short).tolist()
+            plans, which = short.plans_of(a)
+            long = np.flatnonzero(~short.candidates(a, plans, which)).tolist()
             start = applied = 0
             for i in long + [n]:
                 if i > start:
-                    applied += self._short_runs(batch, plans, which, start, i)
+                    applied += short.runs(batch, plans, which, start, i)
                 if i < n:
                     applied += self._apply_events(batch[i])
                 start = i + 1
@@ -344,184 +306,6 @@ class Tracker:
             self._apply(ev)
         return len(events)
 
-    def _plans_of(self, a: np.ndarray) -> tuple[list[Plan | None], np.ndarray]:
-        """The distinct plans of a batch, and which one each record follows."""
-        key = ((a["more_state"].astype(np.uint64) << _SHIFTS).sum(axis=1, dtype=np.uint64)
-               | a["oldstate"].astype(np.uint64) << np.uint64(56) | a["newstate"].astype(np.uint64) << np.uint64(60))
-        keys, which = np.unique(key, return_inverse=True)
-        plans = []
-        for k in keys.tolist():
-            plan = self._plans.get(k, False)
-            if plan is False:
-                codes = k.to_bytes(8, "little")[:MORE].rstrip(b"\0")
-                plan = self._plans[k] = _plan(k >> 56 & 15, k >> 60, codes, len(codes))
-            plans.append(plan)
-        return plans, which.reshape(-1)
-
-    def _short_candidates(self, a: np.ndarray, plans: list[Plan | None], which: np.ndarray) -> np.ndarray:
-        """Records the short path may take, as far as they alone tell: a life opened
-        and closed in the record along a plan, no reset, nothing stuck on the way."""
-        more = a["more"]
-        role = a["role"]
-        ok = np.array([p is not None for p in plans])[which]
-        ok &= (more > 0) & (a["kind"] == _STATE) & ((role == Role.ACTIVE.value) | (role == Role.PASSIVE.value))
-        ok &= np.count_nonzero(a["more_state"], axis=1) == more
-        if not ok.any():
-            return ok
-        # Long enough to have been stuck on the way: the long path counts it.
-        died = a["more_ts"][np.arange(len(a)), np.maximum(more.astype(np.int64) - 1, 0)]
-        long_lived = ok & (died.astype(np.int64) - a["ts_ns"].astype(np.int64) > self._min_floor)
-        for i in np.flatnonzero(long_lived).tolist():
-            plan = plans[which[i]]
-            before = int(a["ts_ns"][i])
-            for old, ts in zip(plan.visited, a["more_ts"][i].tolist()):
-                if ts - before > self._floors[old]:
-                    ok[i] = False
-                    break
-                before = ts
-        return ok
-
-    def _short_runs(self, batch: RecordBatch, plans: list[Plan | None], which: np.ndarray,
-                    start: int, end: int) -> int:
-        """Records [start, end) are short-path candidates: those the table does not
-        hold (nor its baseline) go at once; one it holds goes the long path, in order."""
-        table = self.table
-        if len(table.sockets) >= self.max_sockets:
-            return sum(self._apply_events(batch[i]) for i in range(start, end))
-        applied, pos = 0, start
-        while pos < end:
-            clash = self._first_clash(batch.array, pos, end)
-            if clash > pos:
-                applied += self._short_run(batch, plans, which, pos, clash)
-            if clash < end:  # the long path may add to the table: what follows is judged again
-                applied += self._apply_events(batch[clash])
-            pos = clash + 1
-        return applied
-
-    def _first_clash(self, a: np.ndarray, start: int, end: int) -> int:
-        """The first record of [start, end) whose socket the table holds (or its baseline
-        the connection), else ``end``."""
-        table = self.table
-        sks = a["skaddr"][start:end].tolist()
-        first = end
-        if not table.sockets.keys().isdisjoint(sks):
-            first = start + next(i for i, sk in enumerate(sks) if sk in table.sockets)
-        if table.baseline:
-            conns = zip(a["saddr"][start:first].tolist(), a["sport"][start:first].tolist(),
-                        a["daddr"][start:first].tolist(), a["dport"][start:first].tolist())
-            first = next((start + i for i, c in enumerate(conns) if c in table.baseline), first)
-        return first
-
-    def _short_run(self, batch: RecordBatch, plans: list[Plan | None], which: np.ndarray,
-                   start: int, end: int) -> int:
-        """Applies records [start, end) at once, as ``_apply`` would one by one: the
-        histograms and counters, then the TIME_WAIT model and the journal in record order."""
-        a = batch.array[start:end]
-        n = end - start
-        run_which = which[start:end]
-        svc = a["service_port"]
-        born = a["ts_ns"].astype(np.int64)
-        stamps = a["more_ts"].astype(np.int64)
-        more = a["more"].astype(np.int64)
-        died = stamps[np.arange(n), more - 1]
-        outcome, counts = self.outcome, self.counts
-        tw_rows: list[int] = []
-        connected = np.zeros(n, dtype=bool)
-        failed_ports: list[int] = []
-        for p in np.unique(run_which).tolist():
-            plan = plans[p]
-            rows = np.flatnonzero(run_which == p)
-            m = len(plan.visited)
-            times = np.empty((len(rows), m + 1), dtype=np.int64)
-            times[:, 0] = born[rows]
-            times[:, 1:] = stamps[rows, :m]
-            for key in outcome.observe_spans(outcome.state_durations, svc[rows], list(plan.visited), np.diff(times)):
-                counts.setdefault(key, 0)
-            if plan.to_timewait:
-                tw_rows += rows.tolist()
-            if plan.connected:
-                connected[rows] = True
-            if plan.failed:
-                failed_ports += svc[rows].tolist()
-        role = a["role"]
-        for r in np.unique(role).tolist():
-            rows = np.flatnonzero(role == r)
-            outcome.observe_spans(outcome.connection_durations, svc[rows], [r], (died[rows] - born[rows]).reshape(-1, 1))
-        for port, k in Counter(failed_ports).items():
-            outcome.connect_failed(port, "timeout", k)
-        uids = self.journal.take_uids(n)
-        self._short_lives(batch, start, end, uids, sorted(tw_rows), connected, died)
-        return n + int(more.sum())
-
-    def _short_lives(self, batch: RecordBatch, start: int, end: int, uids: range, tw_rows: list[int],
-                     connected: np.ndarray, died: np.ndarray) -> None:
-        """The run's TIME_WAIT model and journal: connections that take over a
-        TIME_WAIT end it, lives that close actively enter TIME_WAIT, the others end."""
-        a = batch.array[start:end]
-        n = end - start
-        tw, journal = self.tw, self.journal
-        first = start * batch.stride + batch.header
-        raws = list(map(batch.data.__getitem__, map(slice, range(first, first + n * batch.stride, batch.stride),
-                                                    range(first + RECORD_SIZE, first + RECORD_SIZE + n * batch.stride,
-                                                          batch.stride))))
-        to_tw = np.zeros(n, dtype=bool)
-        to_tw[tw_rows] = True
-        ended, ended_at = [], []  # lives that end, and where: 2 * record (+1 for its own end)
-        if tw.by_conn or tw_rows:
-            conns = list(zip(a["saddr"].tolist(), a["sport"].tolist(), a["daddr"].tolist(), a["dport"].tolist()))
-            involved = np.flatnonzero(connected | to_tw)
-            inv_conns = _pick(conns, involved)
-            if len(set(inv_conns)) < len(inv_conns):
-                return self._short_lives_in_order(a, raws, uids, conns, connected, to_tw, died.tolist())
-            if tw.by_conn:
-                earlier = list(map(tw.by_conn.get, inv_conns))
-                hit = [i for i, e in enumerate(earlier) if e is not None]
-                if hit:
-                    rows = involved[hit]
-                    taken = _pick(earlier, hit)
-                    # A connect() takes a TIME_WAIT over at its own start; an active close
-                    # of a connection still in TIME_WAIT ends it at the close.
-                    ends = np.where(connected[rows], np.array([e[SINCE] for e in taken], dtype=np.int64),
-                                    died[rows]).tolist()
-                    ended = tw.take_over(taken, ends)
-                    ended_at = (2 * rows).tolist()
-            if tw_rows:
-                entries = list(map(TimeWait, zip(
-                    _pick(conns, tw_rows), died[tw_rows].tolist(), a["service_port"][tw_rows].tolist(),
-                    _pick(uids, tw_rows), _pick(raws, tw_rows), repeat(0), repeat(0), repeat(0),
-                    repeat(_TIME_WAIT), repeat(True), a["ts_ns"][tw_rows].tolist())))
-                if tw.fits(len(entries)):
-                    tw.enter_run(entries)
-                else:
-                    for e in entries:
-                        tw.enter(e)
-        if not journal.keep:
-            return
-        own = np.flatnonzero(~to_tw)
-        ended += zip(_pick(uids, own), repeat(0), _pick(raws, own), repeat(False), repeat(None))
-        ended_at += (2 * own + 1).tolist()
-        if len(own) < len(ended):  # interleave by record, as one by one
-            ended = _pick(ended, np.argsort(np.array(ended_at), kind="stable"))
-        journal.pend_many(ended)
-
-    def _short_lives_in_order(self, a: np.ndarray, raws: list[bytes], uids: range, conns: list[Conn],
-                              connected: np.ndarray, to_tw: np.ndarray, died: list[int]) -> None:
-        """``_short_lives`` one record at a time, for a run in which a connection comes
-        twice (it takes over its own TIME_WAIT)."""
-        tw, journal = self.tw, self.journal
-        ports, borns = a["service_port"].tolist(), a["ts_ns"].tolist()
-        for i in range(len(raws)):
-            if connected[i] and tw.by_conn:
-                earlier = tw.by_conn.get(conns[i])
-                if earlier is not None:
-                    tw.cancel(earlier, earlier[SINCE])
-                    tw.reused += 1
-            if to_tw[i]:
-                tw.enter(TimeWait((conns[i], died[i], ports[i], uids[i], raws[i], 0, 0, 0, _TIME_WAIT, True,
-                                   borns[i])))
-            elif journal.keep:
-                journal.pend((uids[i], 0, raws[i], False, None))
-
     # -- the kernel's socket table -----------------------------------------------
 
     def expire(self, now_ns: int) -> None:
@@ -533,117 +317,14 @@ class Tracker:
 
     def load_baseline(self, kernel: Iterable[KernelSocket], now_ns: int,
                       ephemeral: range = range(32768, 61000)) -> int:
-        """Loads the sockets that exist before any event names them. Their age is
-        known only from now on. Their role is inferred, since nobody saw them open: a
-        socket on a port something listens on is the passive side, and so is one whose
-        local port is outside the ephemeral range while its peer's is inside it (its
-        listener may be gone); any other is the active opener."""
-        kernel = list(kernel)
-        listening = {k.sport for k in kernel if k.state == _LISTEN}
-        loaded = 0
-        with self.lock:
-            for k in kernel:
-                lport, rport = k.sport, k.dport
-                if k.state == _LISTEN:
-                    role, port = Role.LISTENER.value, lport
-                elif lport in listening or (lport not in ephemeral and rport in ephemeral):
-                    role, port = Role.PASSIVE.value, lport
-                else:
-                    role, port = Role.ACTIVE.value, rport
-                if k.state == _TIME_WAIT:
-                    if k.conn not in self.tw:
-                        self._add_kernel_timewait(k, now_ns, role, port)
-                        loaded += 1
-                    continue
-                if k.state == _CLOSE:
-                    continue
-                entry = SocketEntry.from_kernel(k, now_ns, role, port)
-                entry.uid = self.journal.take_uid()
-                if self.journal.keep:
-                    self.journal.changed[entry.uid] = entry
-                self.table.add_baseline(entry)
-                loaded += 1
-            self.table.baseline_sockets += loaded
-        return loaded
-
-    def _add_kernel_timewait(self, k: KernelSocket, now_ns: int, role: int, port: int) -> TimeWait:
-        # Without a re-arm the TIME_WAIT began (length - time left) ago; that is a
-        # lower bound of its age, hence age_known stays False.
-        entry = SocketEntry.from_kernel(k, self._kernel_began(k, now_ns), role, port)
-        entry.uid = self.journal.take_uid()
-        tw = self._enter_timewait(entry)
-        self.tw.extend(tw, now_ns + k.expires_ns)
-        return tw
-
-    def _kernel_began(self, k: KernelSocket, at_ns: int) -> int:
-        """When a TIME_WAIT the kernel's table showed at ``at_ns`` began, or was last re-armed."""
-        return at_ns - max(0, self.timewait_ns - k.expires_ns)
+        """The sockets open before any event names them (tracer/core/corrections.py)."""
+        return self.corrections.load_baseline(kernel, now_ns, ephemeral)
 
     def reconcile(self, kernel: Mapping[Conn, KernelSocket], dumped_at_ns: int,
                   grace_ns: int) -> tuple[int, int]:
-        """Makes the model agree with the kernel's socket table, read at ``dumped_at_ns``.
-
-        ``kernel`` holds the TIME_WAIT sockets and those in RECONCILED_STATES, by
-        connection. The model misses what no tracepoint shows: a
-        TIME_WAIT killed early (a reset from a peer's listener, RFC 1337), or kept
-        longer (a retransmitted FIN re-arms its timer). Only TIME_WAITs older than
-        ``grace_ns`` (and not about to end) are judged, so events still on their way
-        are no differences. Full sockets in RECONCILED_STATES the kernel no longer
-        has are dropped, and those it has in another state take that state (a
-        transition was missed). Every socket found gets its network namespace.
-        Returns (TIME_WAITs removed, TIME_WAITs added).
-        """
-        removed = added = 0
-        # A reader running behind has not applied the latest closes: a connection that
-        # reused a TIME_WAIT's ports shows in the table as that TIME_WAIT re-armed.
-        horizon = min(dumped_at_ns, self.seen_until_ns or dumped_at_ns) - grace_ns
-        ending = dumped_at_ns - self.timewait_ns + grace_ns
-        tw = self.tw
-        with self.lock:
-            for conn, entry in list(tw.by_conn.items()):
-                k = kernel.get(conn)
-                since, expires = entry[SINCE], entry[EXPIRES]
-                if k is None or k.state != _TIME_WAIT:
-                    if since < horizon and (expires or since > ending):
-                        tw.cancel(entry, dumped_at_ns)
-                        removed += 1
-                    continue
-                entry[NETNS] = k.netns
-                model_left = (expires or since + self.timewait_ns) - dumped_at_ns
-                began = self._kernel_began(k, dumped_at_ns)  # or was last re-armed
-                if k.expires_ns > model_left + _REARM_SLACK_NS and began < horizon:
-                    if not expires:
-                        self.timewait_rearmed += 1
-                    tw.extend(entry, dumped_at_ns + k.expires_ns)
-            for conn, k in kernel.items():
-                if k.state == _TIME_WAIT and conn not in tw.by_conn:
-                    since = self._kernel_began(k, dumped_at_ns)
-                    if since < horizon:
-                        self._add_kernel_timewait(k, dumped_at_ns, Role.UNKNOWN.value, conn[3])
-                        added += 1
-            self._reconcile_live(kernel, dumped_at_ns, horizon)
-        self.timewait_reconciled_removed += removed
-        self.timewait_reconciled_added += added
-        return removed, added
-
-    def _reconcile_live(self, kernel: Mapping[Conn, KernelSocket], dumped_at_ns: int, horizon: int) -> None:
-        """Full sockets in the states the table was read for: a missed transition (the
-        kernel skips the program now and then) must not leave a socket in a state it
-        has left, or in the table after it is gone. Caller holds the lock."""
-        for entry in list(self.table.sockets.values()):
-            if entry.state not in RECONCILED_STATES or entry.since_ns >= horizon or not entry.sport:
-                continue  # not read, too young to judge, or connect() has not bound it yet
-            k = kernel.get(entry.conn)
-            if k is not None and k.state == entry.state:
-                entry.netns = k.netns
-                continue
-            if k is None:
-                self._vanished(entry, dumped_at_ns)
-            else:
-                self.table.move(entry, k.state, dumped_at_ns)
-                entry.netns = k.netns
-                if self.journal.keep:
-                    self.journal.changed[entry.uid] = entry
+        """The model made to agree with the kernel's table (tracer/core/corrections.py);
+        returns (TIME_WAITs removed, TIME_WAITs added)."""
+        return self.corrections.reconcile(kernel, dumped_at_ns, grace_ns)
 
     # -- reader side -------------------------------------------------------------
 
@@ -748,9 +429,9 @@ class Tracker:
                 timewait_entered=tw.entered,
                 timewait_cancelled_by_reset=tw.cancelled_by_reset,
                 timewait_reused=tw.reused,
-                timewait_reconciled_removed=self.timewait_reconciled_removed,
-                timewait_reconciled_added=self.timewait_reconciled_added,
-                timewait_rearmed=self.timewait_rearmed,
+                timewait_reconciled_removed=self.corrections.timewait_removed,
+                timewait_reconciled_added=self.corrections.timewait_added,
+                timewait_rearmed=self.corrections.timewait_rearmed,
                 live_removed=table.removed,
                 live_corrected=table.corrected,
                 lifecycles_dropped=self.journal.dropped,
@@ -758,6 +439,3 @@ class Tracker:
             )
 
 
-def _pick(values: Sequence, at: Iterable[int]) -> list:
-    """values[i] for each i in ``at``, in C."""
-    return list(map(values.__getitem__, at.tolist() if isinstance(at, np.ndarray) else at))
