@@ -6,12 +6,11 @@
 - the journal (tracer/core/journal.py): the lives the timeline store takes.
 
 One writer applies records; readers take snapshots under the same lock. A record
-is one transition, or a young socket's whole life (tracer/core/record.py). Most
-lives at high churn are born and closed in one record, with no reset and nothing
-stuck on the way: those runs take the short path, whole runs at once with numpy,
-and their sockets never enter the table. Everything else goes one event at a time
-through ``_apply``, with the same result (tests/unit/test_life_records.py).
-What no tracepoint shows comes from the kernel's socket table: ``reconcile``
+is one transition, or a young socket's whole life (tracer/core/record.py). Runs of
+lives born and closed in one record go the short path (tracer/core/shortpath.py),
+whole runs at once; everything else goes one event at a time through ``_apply``,
+with the same result (tests/unit/test_life_records.py). What no tracepoint shows
+comes from the kernel's socket table (tracer/core/corrections.py): ``reconcile``
 corrects the model and names namespaces, ``load_baseline`` brings in the sockets
 that existed before the daemon started.
 """
