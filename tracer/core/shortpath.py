@@ -19,7 +19,7 @@ from itertools import repeat
 
 import numpy as np
 
-from tracer.core.record import MORE, Record, RecordBatch
+from tracer.core.record import MORE, RECORD_SIZE, Record, RecordBatch
 from tracer.core.states import ACTIVE_CLOSE_STATES, EventKind, Role, TcpState
 from tracer.core.timewait import SINCE, TimeWait
 
@@ -192,7 +192,8 @@ class ShortPath:
         a = batch.array[start:end]
         n = end - start
         tw, journal = self.tw, self.journal
-        # Each life stays where the kernel wrote it: (the batch's bytes, its record's offset).
+        # A life that ends now stays where the kernel wrote it (the batch's bytes, its
+        # offset) until the store takes it; one that enters TIME_WAIT takes a copy.
         first = start * batch.stride + batch.header
         lives = list(zip(repeat(batch.data), range(first, first + n * batch.stride, batch.stride)))
         to_tw = np.zeros(n, dtype=bool)
@@ -223,7 +224,7 @@ class ShortPath:
                 at = np.searchsorted(involved, tw_rows).tolist()  # tw_rows are among the involved
                 entries = list(map(TimeWait, zip(
                     _pick(inv_conns, at), died[tw_rows].tolist(), a["service_port"][tw_rows].tolist(),
-                    _pick(uids, tw_rows), _pick(lives, tw_rows), repeat(0), repeat(0), repeat(0),
+                    _pick(uids, tw_rows), _copies(batch.data, _pick(lives, tw_rows)), repeat(0), repeat(0), repeat(0),
                     repeat(_TIME_WAIT), repeat(True), a["ts_ns"][tw_rows].tolist())))
                 if tw.fits(len(entries)):
                     tw.enter_run(entries)
@@ -254,10 +255,17 @@ class ShortPath:
                     tw.cancel(earlier, earlier[SINCE])
                     tw.reused += 1
             if to_tw[i]:
-                tw.enter(TimeWait((conns[i], died[i], ports[i], uids[i], lives[i], 0, 0, 0, _TIME_WAIT, True,
-                                   borns[i])))
+                data, at = lives[i]
+                tw.enter(TimeWait((conns[i], died[i], ports[i], uids[i], data[at:at + RECORD_SIZE], 0, 0, 0,
+                                   _TIME_WAIT, True, borns[i])))
             elif journal.keep:
                 journal.pend((uids[i], 0, *lives[i], False, None))
+
+
+def _copies(data: bytes, lives: list[tuple[bytes, int]]) -> list[bytes]:
+    """The records at these (data, offset) places, each a bytes object of its own, in C."""
+    at = [offset for _, offset in lives]
+    return list(map(data.__getitem__, map(slice, at, [a + RECORD_SIZE for a in at])))
 
 
 def _pick(values: Sequence, at: Iterable[int]) -> list:

@@ -43,9 +43,9 @@ def _field(i: int, doc: str) -> property:
 
 class TimeWait(list):
     """[conn, since_ns, port, uid, life, netns, expires_ns, stuck_state, state,
-    age_known, first_ns]. ``life`` is who the socket was: where the kernel record it
-    closed in sits, (the batch's bytes, offset) (the short path), or the table's
-    SocketEntry. ``expires_ns`` is set when the
+    age_known, first_ns]. ``life`` is who the socket was: the kernel record it closed in
+    (its bytes, copied out of the batch so that a minute of TIME_WAITs does not keep
+    every batch they came in), or the table's SocketEntry. ``expires_ns`` is set when the
     kernel's timer decides the end (re-armed, or found in the kernel's table), 0 when
     the model ends it after the standard length. Named access is for readers off the
     hot path (the stuck scan, the API, tests)."""
@@ -64,8 +64,8 @@ class TimeWait(list):
 
     def _head(self) -> tuple:
         life = self[LIFE]
-        if type(life) is tuple:
-            return unpack_from(*life)
+        if type(life) is bytes:
+            return unpack_from(life, 0)
         return (0, life.sk, life.saddr, life.daddr, life.pid, life.sport, life.dport, life.port, life.family, 0, 0,
                 0, life.role, life.flags, life.comm)
 
@@ -85,8 +85,8 @@ class TimeWait(list):
         from tracer.core.lifecycle import record_life
 
         life = self[LIFE]
-        if type(life) is tuple:
-            return record_life(self[UID], self[NETNS], *life, True, end_ns)
+        if type(life) is bytes:
+            return record_life(self[UID], self[NETNS], life, 0, True, end_ns)
         return (self[UID], self[NETNS], life.family, life.saddr, life.sport, life.daddr, life.dport, life.role,
                 life.port, life.pid, life.comm, tuple(life.history), end_ns)
 
@@ -95,8 +95,8 @@ class TimeWait(list):
         from tracer.core.lifecycle import pack_ended
 
         life = self[LIFE]
-        if type(life) is tuple:
-            return (self[UID], self[NETNS], *life, True, end_ns)
+        if type(life) is bytes:
+            return (self[UID], self[NETNS], life, 0, True, end_ns)
         return pack_ended(self.raw_life(end_ns))
 
 
@@ -248,9 +248,9 @@ class TimeWaitModel:
             return []
         journal.forget(map(itemgetter(UID), entries))
         lives = list(map(itemgetter(LIFE), entries))
-        if all(type(life) is tuple for life in lives):  # all the short path's: their items in C
-            return list(zip(map(itemgetter(UID), entries), map(itemgetter(NETNS), entries),
-                            map(itemgetter(0), lives), map(itemgetter(1), lives), repeat(True), ends))
+        if all(type(life) is bytes for life in lives):  # all the short path's: their items in C
+            return list(zip(map(itemgetter(UID), entries), map(itemgetter(NETNS), entries), lives, repeat(0),
+                            repeat(True), ends))
         return [e.ended_item(end) for e, end in zip(entries, ends) if e[UID]]
 
     def reset(self, conn: Conn, ts: int) -> bool:
