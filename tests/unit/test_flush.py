@@ -148,3 +148,17 @@ def test_retention_is_applied_at_the_clocks_unix_time(tmp_path):
     assert flush.retain() == 0, "ended a minute ago"
     clock.advance(120)
     assert flush.retain() == 7 and store.stats()["rows"] == 0
+
+
+def test_the_first_round_already_knows_the_readers_intake(tmp_path):
+    """A daemon started into full churn: its first round sees the reader busy and leaves
+    the store alone, as every later round does (the rate is measured from the start)."""
+    tracker = Tracker(TW_NS, 10_000, keep_lifecycles=True)
+    tracker.journal.max_pending = 22
+    clock = FakeClock()
+    flush = flusher(tracker, clock, SqliteStore(tmp_path / "t.db", 86400, 1 << 30), behind=False,
+                    busy_events_per_s=10)
+    churn(tracker, 1)  # 7 ended lives, 32 events
+    clock.advance(1.0)
+    assert flush.flush() == 0
+    assert flush.events_per_s == 32 and tracker.pending_ended() == 7

@@ -54,12 +54,14 @@ class TimelineFlusher:
         self.written = 0
         self.not_written = 0  # lives the store refused
         self.events_per_s = 0.0  # the reader's intake, measured between rounds
-        self._rate_at_ns, self._rate_events = 0, 0
+        # Measured from the start, so that the first round already knows it: a daemon
+        # started into full churn would otherwise spend its first round on the store.
+        self._rate_at_ns, self._rate_events = clock.monotonic_ns(), tracker.events
 
     def _busy(self, now_ns: int) -> bool:
         tracker = self.tracker
         events = tracker.events
-        if self._rate_at_ns and now_ns > self._rate_at_ns:
+        if now_ns > self._rate_at_ns:
             self.events_per_s = (events - self._rate_events) * 1e9 / (now_ns - self._rate_at_ns)
         self._rate_at_ns, self._rate_events = now_ns, events
         return (self.events_per_s > self.busy_events_per_s
