@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
+from operator import itemgetter
 
 import numpy as np
 
@@ -186,16 +187,15 @@ class ShortPath:
         return n + int(more.sum())
 
     def _lives(self, batch: RecordBatch, start: int, end: int, uids: range, tw_rows: list[int],
-                     connected: np.ndarray, died: np.ndarray) -> None:
+               connected: np.ndarray, died: np.ndarray) -> None:
         """The run's TIME_WAIT model and journal: connections that take over a
         TIME_WAIT end it, lives that close actively enter TIME_WAIT, the others end."""
         a = batch.array[start:end]
         n = end - start
         tw, journal = self.tw, self.journal
-        # A life that ends now stays where the kernel wrote it (the batch's bytes, its
-        # offset) until the store takes it; one that enters TIME_WAIT takes a copy.
+        # A life stays where the kernel wrote it (the batch's bytes, its offset) until the
+        # store takes it; one that enters TIME_WAIT takes a copy of its record.
         first = start * batch.stride + batch.header
-        lives = list(zip(repeat(batch.data), range(first, first + n * batch.stride, batch.stride)))
         to_tw = np.zeros(n, dtype=bool)
         to_tw[tw_rows] = True
         ended, ended_at = [], []  # lives that end, and where: 2 * record (+1 for its own end)
@@ -203,28 +203,26 @@ class ShortPath:
         # earlier in the run leaves), and those that leave one.
         involved = np.flatnonzero(connected | to_tw) if tw.by_conn or tw_rows else []
         if len(involved):
-            sub = a[involved]
-            inv_conns = list(zip(sub["saddr"].tolist(), sub["sport"].tolist(), sub["daddr"].tolist(),
-                                 sub["dport"].tolist()))
+            inv_conns = list(zip(*(a[f][involved].tolist() for f in ("saddr", "sport", "daddr", "dport"))))
             if len(set(inv_conns)) < len(inv_conns):
-                return self._lives_in_order(a, lives, uids, connected, to_tw, died.tolist())
+                return self._lives_in_order(batch, start, end, uids, connected, to_tw, died.tolist())
             if tw.by_conn:
                 earlier = list(map(tw.by_conn.get, inv_conns))
-                hit = [i for i, e in enumerate(earlier) if e is not None]
+                hit = [i for i, e in enumerate(earlier) if e is not None] if any(earlier) else []
                 if hit:
                     rows = involved[hit]
                     taken = _pick(earlier, hit)
                     # A connect() takes a TIME_WAIT over at its own start; an active close
                     # of a connection still in TIME_WAIT ends it at the close.
-                    ends = np.where(connected[rows], np.array([e[SINCE] for e in taken], dtype=np.int64),
-                                    died[rows]).tolist()
-                    ended = tw.take_over(taken, ends)
+                    since = np.fromiter(map(itemgetter(SINCE), taken), dtype=np.int64, count=len(taken))
+                    ended = tw.take_over(taken, np.where(connected[rows], since, died[rows]).tolist())
                     ended_at = (2 * rows).tolist()
             if tw_rows:
                 at = np.searchsorted(involved, tw_rows).tolist()  # tw_rows are among the involved
+                offsets = first + np.asarray(tw_rows) * batch.stride
                 entries = list(map(TimeWait, zip(
                     _pick(inv_conns, at), died[tw_rows].tolist(), a["service_port"][tw_rows].tolist(),
-                    _pick(uids, tw_rows), _copies(batch.data, _pick(lives, tw_rows)), repeat(0), repeat(0), repeat(0),
+                    _pick(uids, tw_rows), _copies(batch.data, offsets.tolist()), repeat(0), repeat(0), repeat(0),
                     repeat(_TIME_WAIT), repeat(True), a["ts_ns"][tw_rows].tolist())))
                 if tw.fits(len(entries)):
                     tw.enter_run(entries)
@@ -234,38 +232,39 @@ class ShortPath:
         if not journal.keep:
             return
         own = np.flatnonzero(~to_tw)
-        offsets = (first + own * batch.stride).tolist()
-        ended += zip(_pick(uids, own), repeat(0), repeat(batch.data), offsets, repeat(False), repeat(None))
-        ended_at += (2 * own + 1).tolist()
-        if len(own) < len(ended):  # interleave by record, as one by one
+        ended += zip(_pick(uids, own), repeat(0), repeat(batch.data), (first + own * batch.stride).tolist(),
+                     repeat(False), repeat(None))
+        if ended_at:  # interleave by record, as one by one
+            ended_at += (2 * own + 1).tolist()
             ended = _pick(ended, np.argsort(np.array(ended_at), kind="stable"))
         journal.pend_many(ended)
 
-    def _lives_in_order(self, a: np.ndarray, lives: list[tuple[bytes, int]], uids: range,
-                              connected: np.ndarray, to_tw: np.ndarray, died: list[int]) -> None:
-        """``_short_lives`` one record at a time, for a run in which a connection comes
-        twice (it takes over its own TIME_WAIT)."""
+    def _lives_in_order(self, batch: RecordBatch, start: int, end: int, uids: range,
+                        connected: np.ndarray, to_tw: np.ndarray, died: list[int]) -> None:
+        """``_lives`` one record at a time, for a run in which a connection comes twice
+        (it takes over its own TIME_WAIT)."""
+        a = batch.array[start:end]
         tw, journal = self.tw, self.journal
         conns = list(zip(a["saddr"].tolist(), a["sport"].tolist(), a["daddr"].tolist(), a["dport"].tolist()))
         ports, borns = a["service_port"].tolist(), a["ts_ns"].tolist()
-        for i in range(len(lives)):
+        data, first = batch.data, start * batch.stride + batch.header
+        for i in range(end - start):
+            at = first + i * batch.stride
             if connected[i] and tw.by_conn:
                 earlier = tw.by_conn.get(conns[i])
                 if earlier is not None:
                     tw.cancel(earlier, earlier[SINCE])
                     tw.reused += 1
             if to_tw[i]:
-                data, at = lives[i]
                 tw.enter(TimeWait((conns[i], died[i], ports[i], uids[i], data[at:at + RECORD_SIZE], 0, 0, 0,
                                    _TIME_WAIT, True, borns[i])))
             elif journal.keep:
-                journal.pend((uids[i], 0, *lives[i], False, None))
+                journal.pend((uids[i], 0, data, at, False, None))
 
 
-def _copies(data: bytes, lives: list[tuple[bytes, int]]) -> list[bytes]:
-    """The records at these (data, offset) places, each a bytes object of its own, in C."""
-    at = [offset for _, offset in lives]
-    return list(map(data.__getitem__, map(slice, at, [a + RECORD_SIZE for a in at])))
+def _copies(data: bytes, offsets: list[int]) -> list[bytes]:
+    """The records at these offsets of ``data``, each a bytes object of its own, in C."""
+    return list(map(data.__getitem__, map(slice, offsets, [a + RECORD_SIZE for a in offsets])))
 
 
 def _pick(values: Sequence, at: Iterable[int]) -> list:

@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable
 from heapq import heapify, heappop, heappush
-from itertools import count, repeat
-from operator import itemgetter
+from itertools import compress, count, repeat
+from operator import eq, itemgetter, setitem
 
 from tracer.core.journal import Journal
 from tracer.core.kernel_socket import Conn
@@ -188,7 +188,7 @@ class TimeWaitModel:
             # An ended TIME_WAIT (taken over by a new connection, reset, reconciled) leaves
             # the FIFO only at its front, a TIME_WAIT length later: churn that reuses its
             # ports would keep a minute of them.
-            self.fifo = deque(e for e in fifo if e[STATE] == _TIME_WAIT)
+            self.fifo = deque(compress(fifo, map(eq, map(itemgetter(STATE), fifo), repeat(_TIME_WAIT))))
 
     def _evict_oldest(self, now_ns: int) -> None:
         while self.fifo:
@@ -229,8 +229,7 @@ class TimeWaitModel:
         """Ends these TIME_WAITs (all in the model, no two of one connection), each at
         its ``ends``: new connections of the same connections took them over. Returns
         their lives for the caller to journal in its order (empty unless kept)."""
-        for e in entries:
-            e[STATE] = _CLOSE
+        deque(map(setitem, entries, repeat(STATE), repeat(_CLOSE)), maxlen=0)
         counts = self.counts
         for port, k in Counter(map(itemgetter(PORT), entries)).items():
             counts[(port, _TIME_WAIT)] -= k
@@ -248,7 +247,7 @@ class TimeWaitModel:
             return []
         journal.forget(map(itemgetter(UID), entries))
         lives = list(map(itemgetter(LIFE), entries))
-        if all(type(life) is bytes for life in lives):  # all the short path's: their items in C
+        if set(map(type, lives)) == {bytes}:  # all the short path's: their items in C
             return list(zip(map(itemgetter(UID), entries), map(itemgetter(NETNS), entries), lives, repeat(0),
                             repeat(True), ends))
         return [e.ended_item(end) for e, end in zip(entries, ends) if e[UID]]
