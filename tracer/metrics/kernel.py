@@ -104,5 +104,11 @@ class KernelFamilies:
                 "same address: it never ran for that socket's end (skipped, or not run on top of a thread "
                 "the kernel runs no BPF program for); what it had seen was sent as it was, and the daemon "
                 "ends the life as gone (tcpstate_socket_corrections_total)", [], {(): k.lives_stale})
+            yield counter(
+                "tcpstate_kernel_events_sent",
+                "Transitions and resets the program put into the ring buffer (each transition of a life "
+                "sent as one record counts); the daemon received tcpstate_events_received_total of them, "
+                "and tcpstate_events_lost_total{reason=\"ring_buffer_full\"} more found it full",
+                [], {(): k.events})
         yield counter("tcpstate_decode_errors", "Ring buffer records the daemon could not decode and skipped",
                       [], {(): snap.decode_errors})
