@@ -12,17 +12,20 @@ from tracer.daemon.housekeeper import Housekeeper
 class Parts:
     """Stand-ins for the parts that write down what ran."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: FakeClock | None = None) -> None:
         self.calls: list[str] = []
         self.interval = 10.0
+        self.clock = clock
+        self.read_at: int | None = None
 
     # the reconciler
     def reconcile(self) -> tuple[int, int]:
         self.calls.append("reconcile")
+        self.read_at = self.clock.monotonic_ns() if self.clock else 0
         return 0, 0
 
-    def interval_s(self) -> float:
-        return self.interval
+    def due_ns(self) -> int:
+        return 0 if self.read_at is None else self.read_at + int(self.interval * 1e9)
 
     # the scanner, the loss logger, the flusher
     def scan(self) -> None:
@@ -45,7 +48,8 @@ class Parts:
 
 
 def test_each_part_runs_on_its_interval_in_the_days_order():
-    clock, parts = FakeClock(), Parts()
+    clock = FakeClock()
+    parts = Parts(clock)
     hk = Housekeeper(clock, parts, parts, parts, parts, scan_s=1.0, retain_every_s=10.0)
     hk.round()
     assert parts.taken() == ["reconcile", "scan", "losses", "flush", "retain"]
@@ -59,7 +63,8 @@ def test_each_part_runs_on_its_interval_in_the_days_order():
 
 
 def test_a_slow_table_read_puts_the_next_one_off():
-    clock, parts = FakeClock(), Parts()
+    clock = FakeClock()
+    parts = Parts(clock)
     hk = Housekeeper(clock, parts, parts, parts, parts)
     parts.interval = 30.0  # ten times a 3 s read
     hk.round()

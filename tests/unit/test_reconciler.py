@@ -122,3 +122,17 @@ def test_slow_reads_stretch_the_interval_to_ten_times_their_cost():
     table.read_s = 0.1
     reconciler.reconcile()
     assert reconciler.interval_s() == 3.0
+
+
+def test_the_first_reconcile_is_due_an_interval_after_the_baseline_read():
+    """The baseline is a read of the table: reading again at once would only repeat it,
+    while a load that started with the daemon paid for it."""
+    clock = FakeClock()
+    table = Table(clock, [], read_s=0.5)
+    reconciler = Reconciler(Tracker(TW_NS, 100), clock, every_s=3.0, table=table)
+    assert reconciler.due_ns() == 0, "nothing read yet: due now"
+    reconciler.load_baseline(Source())
+    assert reconciler.due_ns() == clock.monotonic_ns() + 3 * 10**9
+    clock.advance(3.0)
+    reconciler.reconcile()  # takes 0.5 s: the next one is 5 s after it
+    assert reconciler.due_ns() == clock.monotonic_ns() + 5 * 10**9

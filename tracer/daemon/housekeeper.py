@@ -1,7 +1,7 @@
 """Everything off the event path, in one thread, each part on its interval.
 
 Every ``scan_s``, in this order: the kernel's table is reconciled when that is due
-(Reconciler.interval_s after the last one), the stuck sockets are scanned, losses are
+(Reconciler.due_ns: an interval after the last read, the baseline included), the stuck sockets are scanned, losses are
 logged, the timeline is written, and its retention applied when that is due
 (``retain_every_s``). When the thread stops, a final flush writes what changed since
 the last round. One thread for all of it: the parts share the interpreter with the
@@ -35,12 +35,12 @@ class Housekeeper:
         # Cheap when there is nothing to delete; at full churn a long interval would
         # leave a large deletion for one round.
         self.retain_every_ns = int(retain_every_s * 1e9)
-        self._next_reconcile_ns = self._next_retain_ns = clock.monotonic_ns()
+        self._next_retain_ns = clock.monotonic_ns()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="housekeeper", daemon=True)
 
     def start(self) -> None:
-        self._next_reconcile_ns = self._next_retain_ns = self.clock.monotonic_ns()
+        self._next_retain_ns = self.clock.monotonic_ns()
         self._thread.start()
 
     def stop(self) -> None:
@@ -49,9 +49,8 @@ class Housekeeper:
 
     def round(self) -> None:
         clock = self.clock
-        if clock.monotonic_ns() >= self._next_reconcile_ns:
+        if clock.monotonic_ns() >= self.reconciler.due_ns():
             self.reconciler.reconcile()
-            self._next_reconcile_ns = clock.monotonic_ns() + int(self.reconciler.interval_s() * 1e9)
         self.scanner.scan()
         self.losses.log()
         if self.flusher is not None:

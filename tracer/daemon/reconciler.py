@@ -58,10 +58,19 @@ class Reconciler:
         self.stretch = stretch
         self.last_read_s = 0.0
         self.failures = 0
+        self._read_at_ns: int | None = None  # the last read, the baseline's included
 
     def interval_s(self) -> float:
-        """Seconds until the next reconcile is due: ``every_s``, or longer when reads are slow."""
+        """Seconds between reads: ``every_s``, or longer when reads are slow."""
         return max(self.every_s, self.stretch * self.last_read_s)
+
+    def due_ns(self) -> int:
+        """When the next reconcile is due: an interval after the last read (the baseline
+        read at start is one: reading again at once would only repeat it, while a load
+        that started with the daemon pays for it), or now when nothing was read."""
+        if self._read_at_ns is None:
+            return 0
+        return self._read_at_ns + int(self.interval_s() * 1e9)
 
     def _read(self, states: list[int], partial_ok: bool) -> list[KernelSocket] | None:
         """The sockets in ``states`` in every namespace. A namespace that could not be
@@ -86,6 +95,7 @@ class Reconciler:
         owners = self.table.owners()
         infos = [replace(k, pid=owner[0], comm=owner[1]) if (owner := owners.get(k.inode)) else k for k in found]
         loaded = self.tracker.load_baseline(infos, started, self.ephemeral)
+        self._read_at_ns = self.clock.monotonic_ns()
         source.seed_listeners({i.conn[1]: (i.pid, i.comm) for i in infos if i.state == TcpState.LISTEN})
         log.info("baseline: %d sockets already open in %d network namespaces (%.2f s)", loaded,
                  len({k.netns for k in found}), (self.clock.monotonic_ns() - started) / 1e9)
@@ -96,6 +106,7 @@ class Reconciler:
         when the table could not be read whole."""
         started = self.clock.monotonic_ns()
         found = self._read(RECONCILE_STATES, partial_ok=False)
+        self._read_at_ns = self.clock.monotonic_ns()
         if found is None:
             return 0, 0
         self.last_read_s = (self.clock.monotonic_ns() - started) / 1e9
