@@ -136,3 +136,16 @@ def test_the_first_reconcile_is_due_an_interval_after_the_baseline_read():
     clock.advance(3.0)
     reconciler.reconcile()  # takes 0.5 s: the next one is 5 s after it
     assert reconciler.due_ns() == clock.monotonic_ns() + 5 * 10**9
+
+
+def test_a_busy_reader_puts_the_reads_off_to_one_timewait_length():
+    """At the reader's limit a read of a full TIME_WAIT table costs what the load wants;
+    a stuck TIME_WAIT can first be told 60 s after its close anyway."""
+    clock, busy = FakeClock(), [True]
+    reconciler = Reconciler(Tracker(TW_NS, 100), clock, every_s=10.0, table=Table(clock, []),
+                            busy=lambda: busy[0])
+    reconciler.reconcile()
+    read_at = clock.monotonic_ns()
+    assert reconciler.due_ns() == read_at + 60 * 10**9
+    busy[0] = False
+    assert reconciler.due_ns() == read_at + 10 * 10**9

@@ -107,6 +107,7 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
     reconciler.load_baseline(source)
     changes = TimelineChanges()
     flusher = TimelineFlusher(tracker, store, clock, changes, source.backlog)
+    reconciler.busy = flusher.reader_busy  # a busy reader puts the table's reads off too
     housekeeper = Housekeeper(clock, scanner, reconciler, LossLogger(source.lost, clock), flusher)
     limits = {"ephemeral_ports": len(ephemeral)}
     if (buckets := sysctl.max_tw_buckets()) is not None:

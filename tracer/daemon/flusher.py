@@ -64,8 +64,11 @@ class TimelineFlusher:
         if now_ns > self._rate_at_ns:
             self.events_per_s = (events - self._rate_events) * 1e9 / (now_ns - self._rate_at_ns)
         self._rate_at_ns, self._rate_events = now_ns, events
-        return (self.events_per_s > self.busy_events_per_s
-                and tracker.pending_ended() < tracker.max_pending_lifecycles // 2)
+        return self.reader_busy() and tracker.pending_ended() < tracker.max_pending_lifecycles // 2
+
+    def reader_busy(self) -> bool:
+        """Whether the reader took in more than ``busy_events_per_s`` between the last two rounds."""
+        return self.events_per_s > self.busy_events_per_s
 
     def flush(self, final: bool = False) -> int:
         """One round; returns the lives written."""

@@ -10,7 +10,7 @@ stretches to ``stretch`` times what the last one took.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Protocol
 
@@ -48,7 +48,8 @@ class Reconciler:
 
     def __init__(self, tracker: Tracker, clock: Clock, *, every_s: float = 10.0,
                  ephemeral: range = range(32768, 61000), table: KernelTable = kernel_table,
-                 grace_s: float = 2.0, stretch: float = 10.0) -> None:
+                 grace_s: float = 2.0, stretch: float = 10.0, busy: Callable[[], bool] = lambda: False,
+                 busy_every_s: float = 60.0) -> None:
         self.tracker = tracker
         self.clock = clock
         self.every_s = every_s
@@ -56,6 +57,12 @@ class Reconciler:
         self.table = table
         self.grace_ns = int(grace_s * 1e9)  # events still on their way are not differences
         self.stretch = stretch
+        # While the event reader is near its limit (``busy``), reads wait up to
+        # ``busy_every_s`` apart: a read of a full TIME_WAIT table costs the CPU and the
+        # table's locks the load wants too, and a stuck TIME_WAIT can first be told one
+        # TIME_WAIT length (60 s) after its close.
+        self.busy = busy
+        self.busy_every_s = busy_every_s
         self.last_read_s = 0.0
         self.failures = 0
         self._read_at_ns: int | None = None  # the last read, the baseline's included
@@ -70,7 +77,8 @@ class Reconciler:
         that started with the daemon pays for it), or now when nothing was read."""
         if self._read_at_ns is None:
             return 0
-        return self._read_at_ns + int(self.interval_s() * 1e9)
+        every = max(self.interval_s(), self.busy_every_s) if self.busy() else self.interval_s()
+        return self._read_at_ns + int(every * 1e9)
 
     def _read(self, states: list[int], partial_ok: bool) -> list[KernelSocket] | None:
         """The sockets in ``states`` in every namespace. A namespace that could not be
