@@ -74,11 +74,11 @@ struct portinfo {
 };
 
 BPF_RINGBUF_OUTPUT(events, TCPSTATE_RINGBUF_PAGES);
-/* Not preallocated (its capacity would be 40 MB of kernel memory). Its allocator
- * refills and drains through an irq_work, whose interrupt lets the softirq that
- * follows run transitions the kernel then skips the program for (counted in
- * program misses): measured here, about one in 200,000 updates and deletes from
- * user space during full churn. Young sockets, most of them, never touch it. */
+/* Not preallocated: preallocation would hold its whole capacity in kernel memory
+ * for good. Its allocator refills and drains through an irq_work, whose interrupt
+ * lets the softirq that follows run transitions the kernel then skips the program
+ * for (counted in program misses; README "what the tool cannot see"), so young
+ * sockets, most of them, never touch it. */
 BPF_F_TABLE("hash", u64, struct sockinfo, socks, TCPSTATE_MAX_SOCKS, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", u32, struct portinfo, ports, 65536, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("percpu_hash", struct tcpstate_count_key, u64, counts, TCPSTATE_MAX_COUNTS, 0);
@@ -217,8 +217,8 @@ static __always_inline struct tcpstate_event *new_event(u64 sk, struct sockinfo 
  * irq_work, whose self-interrupt fires while this program still runs; the
  * softirq that follows on return from it processes loopback packets, their
  * transitions fire the tracepoint nested in this program, and the kernel skips
- * nested tracing programs (bpf_prog_active). Measured here: up to 1 transition
- * in 100 lost at full loopback churn with wakeups, none without. */
+ * nested tracing programs (bpf_prog_active): wakeups would lose transitions at
+ * full loopback churn (README "what the tool cannot see"). */
 static __always_inline void submit(struct tcpstate_event *ev)
 {
 	events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
@@ -247,9 +247,9 @@ static __always_inline int start_life(u64 sk, struct sockinfo *si, u8 oldstate, 
 
 	if (p) {
 		/* A life still open at this address: the program never ran for that socket's
-		 * end (measured here: a client's FIN_WAIT2 and CLOSE processed on top of a
-		 * thread the kernel runs no BPF program for, see tracer/blindspots.py; about
-		 * one in 700,000 at full churn). What it saw goes out, still open. */
+		 * end (skipped, or its transitions processed on top of a thread the kernel
+		 * runs no BPF program for, tracer/host/blindspots.py). What it saw goes out,
+		 * still open, and is counted. */
 		__builtin_memcpy(&life, p, sizeof(life));
 		if (!lives.delete(&sk)) {
 			emit(&life);

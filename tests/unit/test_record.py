@@ -80,6 +80,30 @@ def test_field_offsets_and_sizes_agree(c_layout):
         assert (name, struct.calcsize(prefix), struct.calcsize("<" + code)) == (name, *c_layout[name])
 
 
+def test_the_numpy_mirror_has_the_header_s_offsets_and_sizes(c_layout):
+    dtype = record.numpy_dtype()
+    assert dtype.itemsize == c_layout["sizeof"][1]
+    for name in record.RECORD_NAMES:
+        field, offset = dtype.fields[name][:2]
+        assert (name, offset, field.itemsize) == (name, *c_layout[name])
+
+
+@pytest.mark.parametrize(("header", "stride"), [(0, record.RECORD_SIZE), (8, 152)])
+def test_a_batch_reads_the_same_records_as_struct_in_place(event, header, stride):
+    """As the ring buffer holds them (an 8-byte header, padding to 8) or packed."""
+    records = [record.unpack(record.pack(_life(event, n, sk=0x40 + n))) for n in range(1, 6)]
+    pad = bytes(stride - header - record.RECORD_SIZE)
+    data = b"".join(bytes(header) + record.pack(_life(event, n, sk=0x40 + n)) + pad for n in range(1, 6))
+    batch = record.RecordBatch(data, header, stride)
+    assert list(batch) == records and batch[-1] == records[-1] and len(batch) == 5
+    assert batch.array["skaddr"].tolist() == [r[record.Field.SK] for r in records]
+    assert batch.array["more"].tolist() == [r[record.MORE_AT] for r in records]
+    assert [bytes(m) for m in batch.array["more_state"]] == [r[record.MORE_STATE_AT] for r in records]
+    assert batch.array["saddr"].tolist() == [r[record.Field.SADDR] for r in records]
+    assert record.RecordBatch.of(records).array.tobytes() == b"".join(record.pack(_life(event, n, sk=0x40 + n))
+                                                                       for n in range(1, 6))
+
+
 def test_record_size_agrees(c_layout):
     assert c_layout["sizeof"][1] == record.RECORD_SIZE == struct.calcsize(record.RECORD_FORMAT)
 

@@ -122,11 +122,6 @@ class RecordBatch(Sequence):
     def __add__(self, other: Sequence[Record]) -> list[Record]:
         return [*self, *other]
 
-    def raw(self, i: int) -> bytes:
-        """Record ``i``'s bytes, as ``unpack`` reads them."""
-        at = i * self.stride + self.header
-        return self.data[at:at + RECORD_SIZE]
-
 
 class Field:
     """Positions of the fields in an event tuple."""

@@ -16,7 +16,6 @@ from importlib import resources
 from pathlib import Path
 
 from tracer.core import record
-from tracer.core.record import Event
 from tracer.sources import CountKey
 from tracer.sources.ringbuf import HEADER as RING_HEADER
 from tracer.sources.ringbuf import RingBufferReader
@@ -61,7 +60,7 @@ class SourceError(RuntimeError):
 
 
 # The compiler BCC runs once, at load. Its code pages stay mapped and resident
-# afterwards: about 85 MB of the daemon's RSS here, never used again.
+# afterwards, never used again (README "Performance" has what they weigh).
 COMPILER_LIBRARIES = ("libLLVM", "libclang")
 _MADV_DONTNEED = 4
 
@@ -198,15 +197,6 @@ class BccSource:
         # With nothing waiting in the ring buffer, every record reserved before now has been read.
         newest = now if not self._ring.pending_bytes() else self._newest_read_ns
         return self.take_lives(min(now - self.YOUNG_NS, newest - self.ORDER_GUARD_NS))
-
-    def read(self, timeout_s: float) -> list[Event]:
-        """Events one by one (each record's in order, the batch in time order), the
-        young lives that grew old included."""
-        recs = list(self.read_records(timeout_s))
-        recs += self.sweep()
-        out = [ev for rec in recs for ev in record.events_of(rec)]
-        out.sort(key=lambda ev: ev[0])
-        return out
 
     def take_lives(self, born_before_ns: int) -> list[record.Record]:
         """Takes the lives born before ``born_before_ns`` out of the kernel's map: from
