@@ -206,3 +206,24 @@ def test_the_twin_of_a_transition_a_taken_life_holds_is_dropped():
     assert s2["stats"].events == s1["stats"].events + 1  # received, not applied
     del s1["stats"], s2["stats"]
     assert s1 == s2
+
+
+def test_a_short_life_of_a_connection_in_the_baseline_takes_the_long_path():
+    """The twin of a connection opened while the baseline was read sits in the baseline:
+    its life, whole in one record amid others, must drop the twin as its events would."""
+    from tracer.core.kernel_socket import KernelSocket
+
+    evs = [ev for i in range(6) for ev in connection(i, 10 + i * 1000)]
+    evs.sort(key=lambda ev: ev[0])
+    cport = 40000 + 3
+    baseline = [KernelSocket(1, record.AF_INET, LOOP, cport, LOOP, 20001, S.SYN_SENT.value),
+                KernelSocket(1, record.AF_INET, LOOP, 22, LOOP, cport, S.ESTABLISHED.value)]
+    records = [record.unpack(r) for r in assemble(evs)]
+    assert sum(1 for r in records if r[record.MORE_AT]) == 12, "every life whole in its record"
+    trackers = [Tracker(TW_NS, 10_000, keep_lifecycles=True) for _ in range(2)]
+    for t in trackers:
+        t.load_baseline(baseline, 0)
+    trackers[0].apply_batch([ev for rec in records for ev in record.events_of(rec)])
+    trackers[1].apply_records(records)
+    assert state(trackers[0]) == state(trackers[1])
+    assert list(trackers[1].table.baseline) == [baseline[1].conn]  # the twin went; a socket on another port stays

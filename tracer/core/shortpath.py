@@ -139,10 +139,13 @@ class ShortPath:
         first = end
         if not table.sockets.keys().isdisjoint(sks):
             first = start + next(i for i, sk in enumerate(sks) if sk in table.sockets)
-        if table.baseline:
-            conns = zip(a["saddr"][start:first].tolist(), a["sport"][start:first].tolist(),
-                        a["daddr"][start:first].tolist(), a["dport"][start:first].tolist())
-            first = next((start + i for i, c in enumerate(conns) if c in table.baseline), first)
+        if table.baseline and first > start:
+            # Only a record on a local port of the baseline can be one of its connections.
+            near = start + np.flatnonzero(np.isin(a["sport"][start:first], table.baseline_ports()))
+            for i in near.tolist():
+                if (a["saddr"][i].tobytes(), int(a["sport"][i]), a["daddr"][i].tobytes(),
+                        int(a["dport"][i])) in table.baseline:
+                    return i
         return first
 
     def _run(self, batch: RecordBatch, plans: list[Plan | None], which: np.ndarray,
@@ -222,7 +225,8 @@ class ShortPath:
                 offsets = first + np.asarray(tw_rows) * batch.stride
                 entries = list(map(TimeWait, zip(
                     _pick(inv_conns, at), died[tw_rows].tolist(), a["service_port"][tw_rows].tolist(),
-                    _pick(uids, tw_rows), _copies(batch.data, offsets.tolist()), repeat(0), repeat(0), repeat(0),
+                    (uids.start + np.asarray(tw_rows)).tolist(), _copies(batch.data, offsets.tolist()), repeat(0),
+                    repeat(0), repeat(0),
                     repeat(_TIME_WAIT), repeat(True), a["ts_ns"][tw_rows].tolist())))
                 if tw.fits(len(entries)):
                     tw.enter_run(entries)
@@ -232,7 +236,7 @@ class ShortPath:
         if not journal.keep:
             return
         own = np.flatnonzero(~to_tw)
-        ended += zip(_pick(uids, own), repeat(0), repeat(batch.data), (first + own * batch.stride).tolist(),
+        ended += zip((uids.start + own).tolist(), repeat(0), repeat(batch.data), (first + own * batch.stride).tolist(),
                      repeat(False), repeat(None))
         if ended_at:  # interleave by record, as one by one
             ended_at += (2 * own + 1).tolist()

@@ -9,6 +9,8 @@ names them.
 
 from __future__ import annotations
 
+import numpy as np
+
 from tracer.core.kernel_socket import Conn, KernelSocket
 from tracer.core.record import Event
 from tracer.core.states import F_ROLE_INFERRED, EventKind, TcpState
@@ -100,6 +102,7 @@ class SocketTable:
         self.counts = counts
         self.sockets: dict[int, SocketEntry] = {}
         self.baseline: dict[Conn, SocketEntry] = {}
+        self._baseline_ports: tuple[int, np.ndarray] | None = None  # (baseline size, its local ports)
         self.evicted = 0
         self.removed = 0  # sockets the kernel no longer had (gone)
         self.corrected = 0  # sockets the kernel had in another state
@@ -131,7 +134,17 @@ class SocketTable:
             del self.baseline[entry.conn]
         self.removed += 1
 
+    def baseline_ports(self) -> np.ndarray:
+        """The local ports of the baseline's connections, sorted; kept until the baseline
+        changes (after the start it only shrinks, so its size tells)."""
+        cached = self._baseline_ports
+        if cached is None or cached[0] != len(self.baseline):
+            ports = np.unique(np.fromiter((c[1] for c in self.baseline), dtype=np.int64, count=len(self.baseline)))
+            cached = self._baseline_ports = (len(self.baseline), ports)
+        return cached[1]
+
     def add_baseline(self, entry: SocketEntry) -> None:
+        self._baseline_ports = None
         self._synthetic_sk -= 1
         entry.sk = self._synthetic_sk
         self.insert(entry)
