@@ -144,14 +144,15 @@ class Daemon:
         timeline: the ring buffer drained, and received and written standing still but
         for the host's background."""
         deadline = time.monotonic() + timeout_s
-        last = None
+        last, quiet = None, 0
         while True:
             m = self.metrics()
             now = (m.get("tcpstate_events_received_total", 0), m.get("tcpstate_timeline_records_written_total", 0))
-            if (last is not None and all(b - a < self.QUIET for a, b in zip(last, now))
-                    and m.get("tcpstate_event_lag_seconds", 0) < 0.5):
-                return m
-            if time.monotonic() > deadline:
+            still = last is not None and all(b - a < self.QUIET for a, b in zip(last, now))
+            quiet = quiet + 1 if still and m.get("tcpstate_event_lag_seconds", 0) < 0.5 else 0
+            # Two quiet polls in a row: a read of the kernel's table after a load (a full
+            # TIME_WAIT table takes a second or two) holds the timeline's writes up meanwhile.
+            if quiet >= 2 or time.monotonic() > deadline:
                 return m
             last = now
             time.sleep(1.5)
