@@ -92,11 +92,10 @@ def main() -> int:
 def run(args: argparse.Namespace, lives: bool) -> dict[str, float]:
     t0 = time.monotonic_ns()
     data, stride, n = ring_bytes(args.connections, 1024, t0, lives)
-    unpack = struct.Struct("<%dx%s%dx" % (HEADER, record.RECORD_FORMAT[1:],
-                                          stride - HEADER - record.RECORD_SIZE)).iter_unpack
-    # The daemon's reader hands the ring's bytes over as they are (a RecordBatch); the
-    # tuples of the old way are decoded for comparison.
-    as_batch = (lambda data: record.RecordBatch(data, HEADER, stride)) if lives else (lambda data: list(unpack(data)))
+    # The daemon's reader hands the ring's bytes over as they are (tracer/core/record.RecordBatch).
+    def as_batch(data: bytes) -> record.RecordBatch:
+        return record.RecordBatch(data, HEADER, stride)
+
     tracker = Tracker(60 * 10**9, 1 << 20, keep_lifecycles=True)
     offset = time.time_ns() - t0
     prof = cProfile.Profile() if args.profile else None

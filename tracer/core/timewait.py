@@ -24,6 +24,7 @@ from operator import eq, itemgetter, setitem
 
 from tracer.core.journal import Journal
 from tracer.core.kernel_socket import Conn
+from tracer.core.lifecycle import pack_ended, record_life
 from tracer.core.outcomes import Outcomes
 from tracer.core.record import unpack_from
 from tracer.core.states import TcpState
@@ -82,8 +83,6 @@ class TimeWait(list):
 
     def raw_life(self, end_ns: int | None = None) -> tuple:
         """The life as lifecycle.RawLife: open (in TIME_WAIT), or ended at ``end_ns``."""
-        from tracer.core.lifecycle import record_life
-
         life = self[LIFE]
         if type(life) is bytes:
             return record_life(self[UID], self[NETNS], life, 0, True, end_ns)
@@ -92,8 +91,6 @@ class TimeWait(list):
 
     def ended_item(self, end_ns: int) -> bytes | tuple:
         """What the journal keeps of it once ended."""
-        from tracer.core.lifecycle import pack_ended
-
         life = self[LIFE]
         if type(life) is bytes:
             return (self[UID], self[NETNS], life, 0, True, end_ns)

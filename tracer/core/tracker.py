@@ -27,8 +27,9 @@ import numpy as np
 from tracer.core.detector import WATCHED, Report, Rules, Stuck
 from tracer.core.journal import PENDING_LIVES_MAX, Journal
 from tracer.core.kernel_socket import Conn, KernelSocket
+from tracer.core.lifecycle import from_raw, pack_ended
 from tracer.core.outcomes import BOUNDS_NS, DURATION_BUCKETS_S, Histogram, Outcomes, OutcomesSnapshot
-from tracer.core.record import Event, Record, RecordBatch, events_of
+from tracer.core.record import MORE_AT, Event, Record, RecordBatch, events_of
 from tracer.core.sockets import SocketEntry, SocketTable, intern
 from tracer.core.states import ACTIVE_CLOSE_STATES, EventKind, Role, TcpState
 from tracer.core.corrections import Corrections
@@ -95,6 +96,8 @@ class Tracker:
         # is judged only that far, less a grace: beyond, the model may not know yet.
         self.seen_until_ns = 0
         self.short = ShortPath(self, self._apply_events)
+        # What the long path reads for every event, one attribute away (none of them is replaced).
+        self._sockets, self._durations, self._keep = self.table.sockets, self.outcome.state_durations, keep_lifecycles
         self.corrections = Corrections(self, RECONCILED_STATES)
 
     # The timeline's ids continue from the store's (set once at start).
@@ -133,8 +136,7 @@ class Tracker:
         if kind != _STATE:
             self._reset(ev)
             return -1
-        counts, table = self.counts, self.table
-        sockets = table.sockets
+        counts, table, sockets = self.counts, self.table, self._sockets
         entry = sockets.get(sk)
         if entry is not None and ev_old in _LISTEN_OR_CLOSE and new != _CLOSE:
             # A socket born at the address of one the table holds: that one's end was
@@ -146,10 +148,16 @@ class Tracker:
         if entry is None:
             spent = -1
             entry = SocketEntry(ev)
-            entry.uid = self.journal.take_uid()
+            journal = self.journal
+            entry.uid = journal.next_uid
+            journal.next_uid += 1
             old = ev_old
             if new != _CLOSE:
-                self._insert(entry)
+                if len(sockets) < self.max_sockets:
+                    sockets[sk] = entry
+                    counts.setdefault((svc, new), 0)
+                else:
+                    self._insert(entry)
         else:
             old = entry.state
             if ts == entry.since_ns and new == old:
@@ -162,7 +170,7 @@ class Tracker:
             # model in another state than the event left: how long is then unknown.
             if entry.age_known and old == ev_old:
                 spent = ts - entry.since_ns
-                durations = self.outcome.state_durations
+                durations = self._durations
                 h = durations.get(key)
                 if h is None:
                     h = durations[key] = Histogram()
@@ -203,7 +211,7 @@ class Tracker:
         else:
             key = (svc, new)
             counts[key] = counts.get(key, 0) + 1
-            if self.journal.keep:
+            if self._keep:
                 self.journal.changed[entry.uid] = entry
         return spent
 
@@ -225,8 +233,6 @@ class Tracker:
             return
         journal.changed.pop(entry.uid, None)
         if entry.uid:  # 0: never a life of its own
-            from tracer.core.lifecycle import pack_ended
-
             journal.pend(pack_ended(entry.raw_life(end_ns)))
 
     def _connected(self, conn: Conn) -> None:
@@ -290,11 +296,17 @@ class Tracker:
             plans, which = short.plans_of(a)
             long = np.flatnonzero(~short.candidates(a, plans, which)).tolist()
             start = applied = 0
-            for i in long + [n]:
+            apply = self._apply
+            for i, rec in zip(long + [n], batch.records(long) + [None]):
                 if i > start:
                     applied += short.runs(batch, plans, which, start, i)
-                if i < n:
-                    applied += self._apply_events(batch[i])
+                if rec is None:
+                    break
+                if rec[MORE_AT]:
+                    applied += self._apply_events(rec)
+                else:  # a transition on its own: a socket older than its first moments
+                    apply(rec[:MORE_AT])
+                    applied += 1
                 start = i + 1
             self.events += applied
 
@@ -404,8 +416,6 @@ class Tracker:
 
     def drain_lifecycles(self, wall) -> list:
         """drain_raw as Lifecycles (the daemon hands the raw ones to the store)."""
-        from tracer.core.lifecycle import from_raw
-
         return [from_raw(r, wall) for r in self.drain_raw()]
 
     def stuck_totals(self) -> dict[tuple[int, int], int]:
