@@ -8,6 +8,7 @@ import random
 import pytest
 
 from tests.conftest import make_event
+from tests.unit.tracker_state import tracker_state
 from tracer.core import record
 from tracer.core.detector import Rules
 from tracer.core.states import EventKind, Role, TcpState as S
@@ -93,21 +94,6 @@ def workload(n: int = 60, seed: int = 7, step: int = 1000) -> list:
     return [listener] + evs
 
 
-def state(tracker: Tracker) -> dict:
-    tracker.expire(10**13)
-    return {
-        "counts": tracker.counts,
-        "durations": {k: (h.counts, h.sum_ns) for k, h in tracker.outcome.state_durations.items()},
-        "connections": {k: (h.counts, h.sum_ns) for k, h in tracker.outcome.connection_durations.items()},
-        "failures": tracker.outcome.connect_failures,
-        "timewait": tracker.outcome.timewait_entered_by_port,
-        "stuck": tracker.outcome.stuck_total,
-        "sockets": sorted(tracker.table.sockets),
-        "stats": tracker.stats(),
-        "lives": tracker.drain_raw(),
-    }
-
-
 def both(events: list, rules: Rules | None = None, take_every: int = 0,
          max_sockets: int = 10_000) -> tuple[dict, dict, int]:
     records = [record.unpack(r) for r in assemble(events, take_every)]
@@ -115,7 +101,7 @@ def both(events: list, rules: Rules | None = None, take_every: int = 0,
     one_by_one.apply_batch([ev for rec in records for ev in record.events_of(rec)])
     whole = Tracker(TW_NS, max_sockets, rules, keep_lifecycles=True)
     whole.apply_records(records)
-    return state(one_by_one), state(whole), sum(1 for r in records if r[record.MORE_AT])
+    return tracker_state(one_by_one), tracker_state(whole), sum(1 for r in records if r[record.MORE_AT])
 
 
 @pytest.mark.parametrize("take_every", [0, 3, 10])
@@ -150,6 +136,18 @@ def test_a_full_table_evicts_as_the_events_would():
     assert whole["stats"].evicted > 0
 
 
+def both_from_baseline(records: list, baseline: list) -> list[Tracker]:
+    """Two trackers that loaded ``baseline``, one given the records' events one by one
+    and one the records; asserts they hold the same. Returns them."""
+    trackers = [Tracker(TW_NS, 10_000, keep_lifecycles=True) for _ in range(2)]
+    for t in trackers:
+        t.load_baseline(baseline, 0)
+    trackers[0].apply_batch([ev for rec in records for ev in record.events_of(rec)])
+    trackers[1].apply_records(records)
+    assert tracker_state(trackers[0]) == tracker_state(trackers[1])
+    return trackers
+
+
 def test_sockets_loaded_at_start_leave_the_short_path_to_everything_else():
     """A host's sockets from before the start stay in the baseline until an event names
     them, often for good: only a life of the same connection needs the long path."""
@@ -160,12 +158,7 @@ def test_sockets_loaded_at_start_leave_the_short_path_to_everything_else():
     baseline = [KernelSocket(1, record.AF_INET, LOOP, 22, LOOP, 50000, S.ESTABLISHED.value),
                 KernelSocket(1, record.AF_INET, twin[2], twin[5], twin[3], twin[6], S.SYN_SENT.value)]
     records = [record.unpack(r) for r in assemble(evs)]
-    trackers = [Tracker(TW_NS, 10_000, keep_lifecycles=True) for _ in range(2)]
-    for t in trackers:
-        t.load_baseline(baseline, 0)
-    trackers[0].apply_batch([ev for rec in records for ev in record.events_of(rec)])
-    trackers[1].apply_records(records)
-    assert state(trackers[0]) == state(trackers[1])
+    trackers = both_from_baseline(records, baseline)
     assert list(trackers[1].table.baseline) == [baseline[0].conn]  # the twin is named, sshd's waits
 
 
@@ -202,7 +195,7 @@ def test_the_twin_of_a_transition_a_taken_life_holds_is_dropped():
     once, twice = Tracker(TW_NS, 100, keep_lifecycles=True), Tracker(TW_NS, 100, keep_lifecycles=True)
     once.apply_records([taken, *rest])
     twice.apply_records([taken, twin, *rest])
-    s1, s2 = state(once), state(twice)
+    s1, s2 = tracker_state(once), tracker_state(twice)
     assert s2["stats"].events == s1["stats"].events + 1  # received, not applied
     del s1["stats"], s2["stats"]
     assert s1 == s2
@@ -220,10 +213,5 @@ def test_a_short_life_of_a_connection_in_the_baseline_takes_the_long_path():
                 KernelSocket(1, record.AF_INET, LOOP, 22, LOOP, cport, S.ESTABLISHED.value)]
     records = [record.unpack(r) for r in assemble(evs)]
     assert sum(1 for r in records if r[record.MORE_AT]) == 12, "every life whole in its record"
-    trackers = [Tracker(TW_NS, 10_000, keep_lifecycles=True) for _ in range(2)]
-    for t in trackers:
-        t.load_baseline(baseline, 0)
-    trackers[0].apply_batch([ev for rec in records for ev in record.events_of(rec)])
-    trackers[1].apply_records(records)
-    assert state(trackers[0]) == state(trackers[1])
+    trackers = both_from_baseline(records, baseline)
     assert list(trackers[1].table.baseline) == [baseline[1].conn]  # the twin went; a socket on another port stays

@@ -12,6 +12,7 @@ import pytest
 from tracer.core import record
 from tracer.core.states import EventKind, Role, TcpState
 from tracer.core.tracker import Tracker
+from tests.unit.tracker_state import tracker_state
 from tracer.sources.replay import LifeAssembler, ReplayError, ReplaySource, read_events
 
 S = TcpState
@@ -251,22 +252,6 @@ def test_each_socket_of_the_fixture_is_one_life_sent_at_its_close(replay):
     assert client[record.Field.SPORT] == 37176, "the port connect() bound, as the program fills it in"
 
 
-def tracker_state(tracker: Tracker) -> dict:
-    tracker.expire(10**13)
-    lives = sorted(life[1:] for life in tracker.drain_raw())  # ids follow the order lives were applied in
-    return {
-        "counts": tracker.counts,
-        "durations": {k: (h.counts, h.sum_ns) for k, h in tracker.outcome.state_durations.items()},
-        "connections": {k: (h.counts, h.sum_ns) for k, h in tracker.outcome.connection_durations.items()},
-        "failures": tracker.outcome.connect_failures,
-        "timewait": tracker.outcome.timewait_entered_by_port,
-        "stuck": tracker.outcome.stuck_total,
-        "sockets": sorted(tracker.table.sockets),
-        "stats": tracker.stats(),
-        "lives": lives,
-    }
-
-
 @pytest.mark.parametrize("batch_size", [4096, 5])
 def test_the_tracker_after_the_records_is_the_tracker_after_the_events(replay, batch_size):
     by_records = Tracker(60 * 10**9, 1000, keep_lifecycles=True)
@@ -276,7 +261,7 @@ def test_the_tracker_after_the_records_is_the_tracker_after_the_events(replay, b
     by_events = Tracker(60 * 10**9, 1000, keep_lifecycles=True)
     for ev in recorded(LOOPBACK_3):
         by_events.apply(ev)
-    assert tracker_state(by_records) == tracker_state(by_events)
+    assert tracker_state(by_records, lives_in_order=False) == tracker_state(by_events, lives_in_order=False)
 
 
 def test_the_fixture_as_records_leaves_three_time_waits(replay):
