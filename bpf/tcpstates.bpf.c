@@ -323,6 +323,11 @@ static __always_inline int append(struct tcpstate_event *p, u64 sk, struct socki
 			}
 		}
 		life.more = i + 1;
+		if (!life.sport) { /* a connect() that failed after it bound a port: the port shows first here */
+			life.family = copy_addrs(&life, family, s4, d4, s6, d6);
+			life.sport = sport;
+			life.dport = dport;
+		}
 		life.pid = si->pid;
 		life.flags = si->flags;
 		__builtin_memcpy(life.comm, si->comm, sizeof(life.comm));
@@ -498,5 +503,139 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
 	u16 family = sa[0] | (sa[1] << 8);
 	reset_event(sk, TCPSTATE_KIND_RESET_TX, args->state, (sa[2] << 8) | sa[3], (da[2] << 8) | da[3],
 		    family, sa + 4, da + 4, sa + 8, da + 8);
+	return 0;
+}
+
+/* Bind conflicts, from the syscall tracepoints: the socket's fd is all they carry,
+ * so what the socket is (TCP, and the SO_REUSEADDR / SO_REUSEPORT its owner set) is
+ * kept by fd from socket() on. Every process's socket(), setsockopt() and bind() run
+ * these programs: each returns at its first test for anything else (another family
+ * or type, another option, an fd never seen), and only a failed bind() sends a
+ * record. Sockets made before the program attached are not known; nor is an fd
+ * that dup2() or fork() gave another number or process. */
+#define SOCK_STREAM_     1
+#define SOCK_TYPE_MASK_  0xf
+#define SOL_SOCKET_      1
+#define SO_REUSEADDR_    2
+#define SO_REUSEPORT_    15
+#define EADDRINUSE_      98
+
+BPF_RINGBUF_OUTPUT(calls, 16);
+/* socket() in flight, by thread: enter and exit are two programs. */
+BPF_HASH(socket_calls, u64, u8, 4096);
+/* bind() in flight, by thread: the address asked for, read at enter. */
+BPF_HASH(bind_calls, u64, struct tcpstate_call, 4096);
+/* TCP sockets by (tgid << 32 | fd) -> TCPSTATE_OPT_*. LRU: the entry of a socket
+ * closed without a bind() that succeeded makes room when the map is full, and a
+ * new socket at the same fd overwrites it. */
+BPF_F_TABLE("lru_hash", u64, u8, tcp_fds, 65536, 0);
+
+static __always_inline u64 fd_key(u64 pid_tgid, s64 fd)
+{
+	return (pid_tgid & 0xffffffff00000000ULL) | (u32)fd;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_socket)
+{
+	if ((args->family != FAMILY_INET && args->family != FAMILY_INET6) ||
+	    (args->type & SOCK_TYPE_MASK_) != SOCK_STREAM_ ||
+	    (args->protocol != 0 && args->protocol != PROTO_TCP))
+		return 0;
+	u64 id = bpf_get_current_pid_tgid();
+	u8 one = 1;
+	socket_calls.update(&id, &one);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_socket)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	if (!socket_calls.lookup(&id))
+		return 0;
+	socket_calls.delete(&id);
+	if (args->ret < 0)
+		return 0;
+	u64 key = fd_key(id, args->ret);
+	u8 opts = TCPSTATE_OPT_TCP;
+	tcp_fds.update(&key, &opts);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_setsockopt)
+{
+	if (args->level != SOL_SOCKET_ || (args->optname != SO_REUSEADDR_ && args->optname != SO_REUSEPORT_))
+		return 0;
+	u64 key = fd_key(bpf_get_current_pid_tgid(), args->fd);
+	u8 *opts = tcp_fds.lookup(&key);
+	int on = 0;
+	if (!opts || bpf_probe_read_user(&on, sizeof(on), args->optval))
+		return 0;
+	u8 bit = args->optname == SO_REUSEADDR_ ? TCPSTATE_OPT_REUSEADDR : TCPSTATE_OPT_REUSEPORT;
+	if (on)
+		*opts |= bit;
+	else
+		*opts &= ~bit;
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_bind)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u64 key = fd_key(id, args->fd);
+	u8 *opts = tcp_fds.lookup(&key);
+	if (!opts)
+		return 0;
+	struct tcpstate_call c = {};
+	/* struct sockaddr_in / sockaddr_in6 (UAPI): family in bytes 0-1, the port in network
+	 * order in bytes 2-3, the IPv4 address at 4, the IPv6 address at 8; read no further
+	 * than the family's own size. */
+	const u8 *sa = (const u8 *)args->umyaddr;
+	u8 head[4] = {};
+	if (bpf_probe_read_user(head, sizeof(head), sa))
+		return 0;
+	c.family = head[0] | (head[1] << 8);
+	if (c.family == FAMILY_INET)
+		bpf_probe_read_user(c.addr, 4, sa + 4);
+	else if (c.family == FAMILY_INET6)
+		bpf_probe_read_user(c.addr, 16, sa + 8);
+	else
+		return 0;
+	c.port = (head[2] << 8) | head[3];
+	c.fd = args->fd;
+	c.opts = *opts;
+	bind_calls.update(&id, &c);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_bind)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct tcpstate_call *pending = bind_calls.lookup(&id);
+	if (!pending)
+		return 0;
+	struct tcpstate_call c;
+	__builtin_memcpy(&c, pending, sizeof(c));
+	bind_calls.delete(&id);
+	if (args->ret == 0) {
+		/* Bound: the options have done their work. The fd's next socket starts clean
+		 * even if this one is closed unseen. */
+		u64 key = fd_key(id, c.fd);
+		tcp_fds.delete(&key);
+		return 0;
+	}
+	if (args->ret != -EADDRINUSE_)
+		return 0;
+	c.ts_ns = bpf_ktime_get_ns();
+	c.pid = id >> 32;
+	c.tid = (u32)id;
+	c.ret = args->ret;
+	c.call = TCPSTATE_CALL_BIND;
+	bpf_get_current_comm(&c.comm, sizeof(c.comm));
+	/* A wakeup, unlike the events': the daemon must pin the caller's namespace while
+	 * the process still runs (it often exits at once). In process context and rare,
+	 * its interrupt seldom finds loopback work to run nested; a transition skipped so
+	 * is counted in the program misses. */
+	if (calls.ringbuf_output(&c, sizeof(c), BPF_RB_FORCE_WAKEUP))
+		stat_inc(TCPSTATE_STAT_CALLS_FULL);
 	return 0;
 }

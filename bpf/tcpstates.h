@@ -51,6 +51,31 @@ struct tcpstate_event {
 	__u64 more_ts[TCPSTATE_MORE];
 };
 
+/* A socket call the daemon explains, from the syscall tracepoints (ring buffer
+ * `calls`): only TCP sockets (socket() seen with SOCK_STREAM), only the failures
+ * asked for. */
+#define TCPSTATE_CALL_BIND 1 /* bind() that failed with EADDRINUSE */
+
+/* Options set on the socket with setsockopt(SOL_SOCKET) before the call. */
+#define TCPSTATE_OPT_TCP       0x01 /* the fd is a TCP socket (socket() seen) */
+#define TCPSTATE_OPT_REUSEADDR 0x02
+#define TCPSTATE_OPT_REUSEPORT 0x04
+
+struct tcpstate_call {
+	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u32 pid;            /* tgid */
+	__u32 tid;
+	__s32 ret;            /* the call's return value (-errno) */
+	__s32 fd;
+	__u8  addr[16];       /* the address asked for, as given (IPv4 in the first 4 bytes) */
+	__u16 port;           /* host byte order */
+	__u8  family;         /* AF_INET or AF_INET6 */
+	__u8  call;           /* TCPSTATE_CALL_* */
+	__u8  opts;           /* TCPSTATE_OPT_* */
+	__u8  pad[3];
+	char  comm[TCPSTATE_COMM_LEN];
+};
+
 /* Exact transition counters, aggregated in the kernel so they stay exact when
  * the ring buffer overflows. */
 struct tcpstate_count_key {
@@ -68,7 +93,8 @@ struct tcpstate_count_key {
 #define TCPSTATE_STAT_SOCKS_FULL    3 /* socket map full: role/owner not remembered */
 #define TCPSTATE_STAT_LIVES_FULL    4 /* young-life map full: the socket's transitions sent one by one */
 #define TCPSTATE_STAT_LIVES_STALE   5 /* a life found open where a new socket was born */
-#define TCPSTATE_STAT_NSLOTS        6
+#define TCPSTATE_STAT_CALLS_FULL    6 /* failed socket calls lost: their ring buffer full */
+#define TCPSTATE_STAT_NSLOTS        7
 
 /* overflow_counts index: kind * 256 + oldstate * 16 + newstate */
 #define TCPSTATE_OVERFLOW_SLOTS (3 * 256)

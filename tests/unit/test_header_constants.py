@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.core import record, states
+from tracer.core import calls, record, states
 from tracer.core.states import EventKind, Role, TcpState
 from tracer.sources import bcc
 
@@ -93,8 +93,15 @@ def test_the_overflow_index_fits_every_kind_and_state(defines):
     assert max(TcpState) < 16 and max(EventKind) < 16
 
 
+def test_calls_and_options_are_the_call_records(defines):
+    assert group(defines, "TCPSTATE_CALL_") == {name.upper(): code for code, name in calls.CALL_NAMES_BY_CODE.items()}
+    assert group(defines, "TCPSTATE_OPT_") == {"TCP": calls.OPT_TCP, "REUSEADDR": calls.OPT_REUSEADDR,
+                                               "REUSEPORT": calls.OPT_REUSEPORT}
+
+
 def test_every_constant_of_the_header_is_checked(defines):
-    checked = ("TCPSTATE_KIND_", "TCPSTATE_ROLE_", "TCPSTATE_F_", "TCPSTATE_STAT_")
+    checked = ("TCPSTATE_KIND_", "TCPSTATE_ROLE_", "TCPSTATE_F_", "TCPSTATE_STAT_", "TCPSTATE_CALL_",
+               "TCPSTATE_OPT_")
     singles = {"TCPSTATE_COMM_LEN", "TCPSTATE_MORE", "TCPSTATE_OVERFLOW_SLOTS"}
     unchecked = {name for name in defines if not name.startswith(checked)} - singles
     assert not unchecked, f"{sorted(unchecked)}: add a check of their Python mirror here"

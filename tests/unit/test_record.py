@@ -12,19 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from tracer.core import record
+from tracer.core import calls, record
 from tracer.core.states import EventKind, Role, TcpState
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = ROOT / "bpf" / "tcpstates.h"
 
 
-def header_fields() -> list[str]:
-    """Field names of struct tcpstate_event, in order, read from the header itself."""
+def header_fields(struct_name: str = "tcpstate_event") -> list[str]:
+    """Field names of a struct of the header, in order, read from the header itself."""
     text = re.sub(r"/\*.*?\*/", "", HEADER.read_text(), flags=re.S)
     text = re.sub(r"//[^\n]*", "", text)
-    body = re.search(r"struct\s+tcpstate_event\s*\{(.*?)\}\s*;", text, re.S)
-    assert body, f"no struct tcpstate_event in {HEADER}"
+    body = re.search(r"struct\s+" + struct_name + r"\s*\{(.*?)\}\s*;", text, re.S)
+    assert body, f"no struct {struct_name} in {HEADER}"
     names = []
     for decl in body.group(1).split(";"):
         if not decl.strip():
@@ -35,27 +35,25 @@ def header_fields() -> list[str]:
     return names
 
 
-@pytest.fixture(scope="module")
-def c_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, int]]:
-    """{field: (offset, size)} plus "sizeof" as the compiler lays out the header."""
+def compile_layout(tmp: Path, struct_name: str) -> dict[str, tuple[int, int]]:
+    """{field: (offset, size)} plus "sizeof" as the compiler lays out the header's struct."""
     if shutil.which("gcc") is None:
         pytest.fail("gcc is needed to check bpf/tcpstates.h (Debian: gcc libc6-dev)")
-    names = header_fields()
+    names = header_fields(struct_name)
     lines = [
         "#include <stdio.h>",
         "#include <stddef.h>",
         "#include <linux/types.h>",
         '#include "bpf/tcpstates.h"',
         "int main(void) {",
-        '    printf("sizeof %zu %zu\\n", (size_t)0, sizeof(struct tcpstate_event));',
+        f'    printf("sizeof %zu %zu\\n", (size_t)0, sizeof(struct {struct_name}));',
     ]
     for name in names:
         lines.append(
-            f'    printf("{name} %zu %zu\\n", offsetof(struct tcpstate_event, {name}), '
-            f"sizeof(((struct tcpstate_event *)0)->{name}));"
+            f'    printf("{name} %zu %zu\\n", offsetof(struct {struct_name}, {name}), '
+            f"sizeof(((struct {struct_name} *)0)->{name}));"
         )
     lines += ["    return 0;", "}"]
-    tmp = tmp_path_factory.mktemp("layout")
     src = tmp / "layout.c"
     exe = tmp / "layout"
     src.write_text("\n".join(lines) + "\n")
@@ -67,6 +65,16 @@ def c_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, i
         name, offset, size = line.split()
         layout[name] = (int(offset), int(size))
     return layout
+
+
+@pytest.fixture(scope="module")
+def c_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, int]]:
+    return compile_layout(tmp_path_factory.mktemp("layout"), "tcpstate_event")
+
+
+@pytest.fixture(scope="module")
+def call_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, int]]:
+    return compile_layout(tmp_path_factory.mktemp("call_layout"), "tcpstate_call")
 
 
 def test_header_and_mirror_name_the_same_fields_in_the_same_order():
@@ -262,3 +270,18 @@ BAD = [
 def test_from_json_rejects_bad_input_naming_the_field(obj, named):
     with pytest.raises(ValueError, match=re.escape(named)):
         record.from_json(obj)
+
+
+def test_the_call_record_mirror_has_the_header_s_fields_offsets_and_size(call_layout):
+    assert header_fields("tcpstate_call") == list(calls.CALL_NAMES)
+    for i, (name, code) in enumerate(calls.CALL_FIELDS):
+        prefix = "<" + "".join(c for _, c in calls.CALL_FIELDS[:i])
+        assert (name, struct.calcsize(prefix), struct.calcsize("<" + code)) == (name, *call_layout[name])
+    assert call_layout["sizeof"][1] == calls.CALL_SIZE
+
+
+@pytest.mark.parametrize(("family", "addr"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::"),
+                                              (socket.AF_INET6, "fe80::1")])
+def test_a_call_record_round_trips(family, addr):
+    c = calls.Call(123, 40, 41, 98, 3, family, addr, 8080, "bind", True, False, "server")
+    assert calls.decode(calls.pack(c)) == c
