@@ -285,7 +285,7 @@ class FakeKernel:
         def open_diag(DiagSocket: type) -> object:
             return FakeDiag(self.inside)
 
-        def read_table(diag: FakeDiag, mask: int, netns: int, out: list) -> None:
+        def read_table(diag: FakeDiag, mask: int, netns: int, out: list, attrs: bytes = b"") -> None:
             assert diag.netns == netns
             self.calls.append(("read", netns))
             out.append(kt.KernelSocket(netns, 2, V4_LOOP, 1, V4_LOOP, 2, TcpState.TIME_WAIT, 0, 0, 0))
@@ -330,7 +330,7 @@ def test_the_callers_thread_never_enters_a_namespace(monkeypatch, three_namespac
 def test_timewait_asks_for_fin_wait2_and_keeps_only_what_was_asked(monkeypatch, three_namespaces, asked, kept):
     masks = []
 
-    def read_table(diag, mask, netns, out):
+    def read_table(diag, mask, netns, out, attrs=b""):
         masks.append(mask)
         for state in (TcpState.TIME_WAIT, TcpState.FIN_WAIT2):
             if mask & 1 << state:
@@ -403,3 +403,19 @@ def test_timewait_connections_keeps_the_longer_time_left_and_fails_on_any_proble
     answer = ([a], ["reading the TCP sockets of network namespace 2 (/run/netns/x) failed: boom"])
     with pytest.raises(kt.KernelTableError, match="namespace 2"):
         kt.timewait_connections()
+
+
+def test_a_port_filter_is_one_comparison_of_the_local_or_the_remote_port():
+    # As ss builds it: the op, then an op holding the port; yes jumps to the end, no past it.
+    assert kt.port_filter() == b""
+    assert kt.port_filter(sport=8080) == struct.pack("=HHBBHBBH", 12, 1, 11, 8, 12, 0, 0, 8080)
+    assert kt.port_filter(dport=443) == struct.pack("=HHBBHBBH", 12, 1, 12, 8, 12, 0, 0, 443)
+    with pytest.raises(ValueError):
+        kt.port_filter(sport=1, dport=2)
+
+
+def test_a_filtered_request_carries_the_filter_after_the_request_and_its_length():
+    plain = kt.request(socket.AF_INET, kt.state_mask([TcpState.LISTEN]), 3)
+    filtered = kt.request(socket.AF_INET, kt.state_mask([TcpState.LISTEN]), 3, kt.port_filter(sport=22))
+    assert filtered[4:len(plain)] == plain[4:] and filtered[len(plain):] == kt.port_filter(sport=22)
+    assert struct.unpack_from("=I", filtered)[0] == len(filtered)

@@ -138,8 +138,31 @@ def state_mask(states: Iterable[int]) -> int:
     return mask
 
 
-def request(family: int, mask: int, seq: int) -> bytes:
-    """A dump request (inet_diag_req_v2) for the TCP sockets of ``family`` in the states of ``mask``."""
+# A port filter (INET_DIAG_REQ_BYTECODE, include/uapi/linux/inet_diag.h): one
+# comparison op whose second op holds the port; "yes" jumps to the end (match),
+# "no" past it (no match), as ss builds it.
+INET_DIAG_REQ_BYTECODE = 1
+INET_DIAG_BC_S_EQ = 11
+INET_DIAG_BC_D_EQ = 12
+_BC_OP = struct.Struct("=BBH")
+_NLATTR = struct.Struct("=HH")
+
+
+def port_filter(sport: int | None = None, dport: int | None = None) -> bytes:
+    """The request attribute that keeps the sockets of one local (``sport``) or remote
+    (``dport``) port, filtered in the kernel; b"" for no filter."""
+    if sport is None and dport is None:
+        return b""
+    if sport is not None and dport is not None:
+        raise ValueError("a filter on the local or the remote port, not both")
+    code, port = (INET_DIAG_BC_S_EQ, sport) if sport is not None else (INET_DIAG_BC_D_EQ, dport)
+    ops = _BC_OP.pack(code, 8, 12) + _BC_OP.pack(0, 0, port)
+    return _NLATTR.pack(_NLATTR.size + len(ops), INET_DIAG_REQ_BYTECODE) + ops
+
+
+def request(family: int, mask: int, seq: int, attrs: bytes = b"") -> bytes:
+    """A dump request (inet_diag_req_v2) for the TCP sockets of ``family`` in the states of
+    ``mask``, with ``attrs`` (a ``port_filter``) after it."""
     from pyroute2.netlink.diag import inet_diag_req
 
     req = inet_diag_req()
@@ -151,7 +174,8 @@ def request(family: int, mask: int, seq: int) -> bytes:
     req["sdiag_protocol"] = socket.IPPROTO_TCP
     req["idiag_states"] = mask
     req.encode()
-    return bytes(req.data)
+    data = bytes(req.data) + attrs
+    return struct.pack("=I", len(data)) + data[4:]
 
 
 # -- namespaces -----------------------------------------------------------------
@@ -240,11 +264,11 @@ def _open_diag(DiagSocket: type) -> object:
     return diag
 
 
-def _read_table(diag: object, mask: int, netns: int, out: list[KernelSocket]) -> None:
+def _read_table(diag: object, mask: int, netns: int, out: list[KernelSocket], attrs: bytes = b"") -> None:
     poller = select.poll()
     poller.register(diag.fileno(), select.POLLIN)
     for seq, family in enumerate((AF_INET, AF_INET6), start=1):
-        diag.send(request(family, mask, seq))
+        diag.send(request(family, mask, seq, attrs))
         done = False
         while not done:
             if not poller.poll(ANSWER_TIMEOUT_S * 1000):
@@ -257,7 +281,7 @@ def _read_table(diag: object, mask: int, netns: int, out: list[KernelSocket]) ->
 
 
 def _read_namespace(DiagSocket: type, ino: int, path: str, home: tuple[int, int],
-                    mask: int, out: list[KernelSocket]) -> None:
+                    mask: int, out: list[KernelSocket], attrs: bytes) -> None:
     """Reads one namespace's table into ``out``; _Gone if it ended before it was entered."""
     home_fd, home_ino = home
     if ino == home_ino:
@@ -286,12 +310,12 @@ def _read_namespace(DiagSocket: type, ino: int, path: str, home: tuple[int, int]
         finally:
             os.close(fd)
     try:
-        _read_table(diag, mask, ino, out)
+        _read_table(diag, mask, ino, out, attrs)
     finally:
         diag.close()
 
 
-def _read_all(DiagSocket: type, targets: dict[int, str], mask: int,
+def _read_all(DiagSocket: type, targets: dict[int, str], mask: int, attrs: bytes,
               out: list[KernelSocket], problems: list[str]) -> None:
     try:
         home_fd = os.open(_THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
@@ -303,7 +327,7 @@ def _read_all(DiagSocket: type, targets: dict[int, str], mask: int,
         for ino, path in targets.items():
             found: list[KernelSocket] = []
             try:
-                _read_namespace(DiagSocket, ino, path, home, mask, found)
+                _read_namespace(DiagSocket, ino, path, home, mask, found, attrs)
             except _Gone:
                 continue
             except _Stranded as exc:
@@ -321,9 +345,12 @@ def _read_all(DiagSocket: type, targets: dict[int, str], mask: int,
         os.close(home_fd)
 
 
-def dump(states: Iterable[int], netns: dict[int, str] | None = None) -> tuple[list[KernelSocket], list[str]]:
+def dump(states: Iterable[int], netns: dict[int, str] | None = None, *, sport: int | None = None,
+         dport: int | None = None) -> tuple[list[KernelSocket], list[str]]:
     """All TCP sockets (IPv4 and IPv6) in ``states``, in every namespace of ``netns``
-    (inode -> path; None: ``namespaces()``). Returns (sockets, problems): one line
+    (inode -> path; None: ``namespaces()``), only those of local port ``sport`` or of
+    remote port ``dport`` when given (filtered in the kernel: a host with a full
+    TIME_WAIT table pays only for that port's). Returns (sockets, problems): one line
     per namespace that could not be read; a namespace gone before it was entered is
     no problem.
 
@@ -340,6 +367,7 @@ def dump(states: Iterable[int], netns: dict[int, str] | None = None) -> tuple[li
         raise KernelTableError("the pyroute2 module is missing: run `make setup`") from None
     wanted = {TcpState(state).value for state in states}
     mask = state_mask(wanted)
+    attrs = port_filter(sport, dport)
     try:
         targets = namespaces() if netns is None else dict(netns)
     except OSError as exc:
@@ -352,7 +380,7 @@ def dump(states: Iterable[int], netns: dict[int, str] | None = None) -> tuple[li
 
     def work() -> None:
         try:
-            _read_all(DiagSocket, targets, mask, sockets, problems)
+            _read_all(DiagSocket, targets, mask, attrs, sockets, problems)
         except BaseException as exc:  # re-raised in the caller's thread below
             failure.append(exc)
 
