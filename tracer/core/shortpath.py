@@ -164,6 +164,7 @@ class ShortPath:
         tw_rows: list[int] = []
         connected = np.zeros(n, dtype=bool)
         failed_ports: list[int] = []
+        unbound: list[int] = []  # of those, connects that never had a local port: none was free
         for p in np.unique(run_which).tolist():
             plan = plans[p]
             rows = np.flatnonzero(run_which == p)
@@ -179,12 +180,17 @@ class ShortPath:
                 connected[rows] = True
             if plan.failed:
                 failed_ports += svc[rows].tolist()
+                unbound += svc[rows][a["sport"][rows] == 0].tolist()
         role = a["role"]
         for r in np.unique(role).tolist():
             rows = np.flatnonzero(role == r)
             outcome.observe_spans(outcome.connection_durations, svc[rows], [r], (died[rows] - born[rows]).reshape(-1, 1))
+        no_port = Counter(unbound)
         for port, k in Counter(failed_ports).items():
-            outcome.connect_failed(port, "timeout", k)
+            if k > no_port[port]:
+                outcome.connect_failed(port, "timeout", k - no_port[port])
+        for port, k in no_port.items():
+            outcome.connect_failed(port, "no_local_port", k)
         uids = self.journal.take_uids(n)
         self._lives(batch, start, end, uids, sorted(tw_rows), connected, died)
         return n + int(more.sum())

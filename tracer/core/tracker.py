@@ -50,6 +50,15 @@ _LISTEN_OR_CLOSE = frozenset({TcpState.CLOSE.value, TcpState.LISTEN.value})
 _CONNECTION_ROLES = frozenset({Role.ACTIVE.value, Role.PASSIVE.value})
 
 
+def _connect_failure(reset: bool, sport: int) -> str:
+    """Why a connect() ended in SYN_SENT -> CLOSE: a reset came back (refused); no local
+    port was free (the kernel closes it before it binds one, so its port is still 0:
+    EADDRNOTAVAIL, microseconds after SYN_SENT); or no answer (timeout)."""
+    if reset:
+        return "refused"
+    return "timeout" if sport else "no_local_port"
+
+
 @dataclass(frozen=True)
 class TrackerStats:
     events: int
@@ -205,7 +214,7 @@ class Tracker:
             else:
                 self._end(entry, ts)
             if old == _SYN_SENT:
-                self.outcome.connect_failed(svc, "refused" if entry.reset else "timeout")
+                self.outcome.connect_failed(svc, _connect_failure(entry.reset, sport))
             if entry.opened and entry.role in _CONNECTION_ROLES:
                 self.outcome.observe(self.outcome.connection_durations, (svc, entry.role), ts - entry.first_ns)
         else:

@@ -20,7 +20,7 @@ from tracer.core.tracker import Outcomes, TrackerStats
 from tracer.metrics.families import counter, fold, fold_histograms, gauge, histogram, port_state
 
 _LISTEN = TcpState.LISTEN.value
-_FAILURE_REASONS = ("refused", "timeout")
+_FAILURE_REASONS = ("no_local_port", "refused", "timeout")
 
 
 class SocketTable(Protocol):
@@ -103,8 +103,9 @@ class TableFamilies:
         failures.update(o.connect_failures)
         yield counter(
             "tcpstate_connect_failures",
-            "connect() attempts that ended in SYN_SENT -> CLOSE: refused (a reset came back) or "
-            "timeout (no answer; an application giving up on a pending connect counts here too)",
+            "connect() attempts that ended in SYN_SENT -> CLOSE: refused (a reset came back), "
+            "no_local_port (EADDRNOTAVAIL: no free local port toward that destination, TIME_WAIT most often) "
+            "or timeout (no answer; an application giving up on a pending connect counts here too)",
             ["port", "reason"], fold(failures, label))
         if snap.report is not None:
             yield from self._stuck_families(snap.report, snap.stuck_totals)
