@@ -1,4 +1,4 @@
-"""The `tcpstate-tracer` command: run, watch, replay, stuck, check, bench.
+"""The `tcpstate-tracer` command: run, watch, replay, stuck, conflicts, port, check, bench.
 
 Errors the operator can fix end here as one line on stderr and a non-zero exit:
 2 for bad flags or configuration, 1 for everything else.
@@ -75,6 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where the daemon listens (default: as configured, 127.0.0.1:9876)")
     stuck.add_argument("--json", action="store_true", help="the API's JSON as it is")
     stuck.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML configuration file")
+
+    conflicts = sub.add_parser("conflicts", help="refused bind() calls, from the running daemon",
+                               description="Ask the running daemon which bind() calls were refused with "
+                                           "EADDRINUSE, what held the port and what to do about it.")
+    conflicts.add_argument("--port", type=_port, help="only this port")
+    conflicts.add_argument("--web.listen-address", dest="web_listen_address", metavar="ADDRESS",
+                           help="where the daemon listens (default: as configured, 127.0.0.1:9876)")
+    conflicts.add_argument("--json", action="store_true", help="the API's JSON as it is")
+    conflicts.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML configuration file")
+
+    port = sub.add_parser("port", help="who holds a TCP port now, in every namespace (no daemon needed)",
+                          description="Read the kernel's socket table in every network namespace: the "
+                                      "listeners on PORT and their owners, its TIME_WAIT sockets and when the "
+                                      "last expires, sockets in other states; and what a new bind() of the "
+                                      "port gets without SO_REUSEADDR and with it, tried for real (the trial "
+                                      "socket holds the port for microseconds). As root.")
+    port.add_argument("port", type=_port, metavar="PORT")
+    port.add_argument("--no-trial", action="store_true", help="do not try a bind() of the port")
+    port.add_argument("--json", action="store_true", help="one JSON document")
 
     check = sub.add_parser("check", help="can this host run the daemon? one line per problem",
                            description="Preflight: privileges, bcc, tracefs, tracepoints, kernel headers, "
@@ -263,21 +282,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_stuck(args: argparse.Namespace) -> int:
+def _ask_daemon(args: argparse.Namespace, path: str) -> str:
+    """GET ``path`` from the running daemon's API; the body as text."""
     import urllib.error
     import urllib.request
 
     cfg = _load_config(args)
     host, port = config.parse_listen_address(cfg.web_listen_address)
     host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/api/v1/stuck"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}{path}"
     try:
         with urllib.request.urlopen(url, timeout=10) as resp:
-            body = resp.read().decode()
+            return resp.read().decode()
     except (urllib.error.URLError, OSError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise CliError(f"cannot reach the daemon at {url}: {reason} "
                        "(is `tcpstate-tracer run` running there? see --web.listen-address)") from None
+
+
+def cmd_stuck(args: argparse.Namespace) -> int:
+    body = _ask_daemon(args, "/api/v1/stuck")
     if args.json:
         print(body)
         return 0
@@ -285,6 +309,59 @@ def cmd_stuck(args: argparse.Namespace) -> int:
 
     print_stuck(json.loads(body), sys.stdout)
     return 0
+
+
+def cmd_conflicts(args: argparse.Namespace) -> int:
+    body = _ask_daemon(args, "/api/v1/bind-conflicts?limit=1000" + (f"&port={args.port}" if args.port else ""))
+    if args.json:
+        print(body)
+        return 0
+    from tracer.console import print_conflicts
+
+    print_conflicts(json.loads(body), sys.stdout)
+    return 0
+
+
+def cmd_port(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from tracer.console import print_port
+    from tracer.core.conflicts import remedy
+    from tracer.sources import kernel_table, port_holders
+
+    if os.geteuid() != 0:
+        raise CliError("reading every network namespace's sockets and their owners needs root")
+    try:
+        paths = kernel_table.namespaces()
+        found, problems = port_holders.holders(args.port, paths)
+    except (OSError, kernel_table.KernelTableError) as exc:
+        raise CliError(f"reading the kernel's socket table failed: {exc}") from None
+    report = []
+    for ino, held in sorted(found.items()):
+        entry = {"netns": ino, "path": paths.get(ino, ""), "holder": held.holder,
+                 "listeners": [asdict(x) for x in held.listeners], "time_wait": held.time_wait,
+                 "time_wait_left_s": round(held.time_wait_left_s, 3), "others": dict(held.others),
+                 "remedy": remedy(args.port, held)}
+        if not args.no_trial:
+            try:
+                tried = port_holders.trial_bind(args.port, paths[ino])
+            except OSError as exc:
+                problems.append(f"trying a bind() in network namespace {ino} failed: {exc}")
+            else:
+                entry["trial"] = {family: {"plain": tried[(family, False)], "reuseaddr": tried[(family, True)]}
+                                  for family in ("ipv4", "ipv6")}
+        report.append(entry)
+    if args.json:
+        print(json.dumps({"port": args.port, "namespaces": report, "namespaces_read": len(paths),
+                          "problems": problems}, indent=2))
+    else:
+        print_port(args.port, report, sys.stdout)
+        free = len(paths) - len(report)
+        if report and free > 0:
+            print(f"free in the other {free} network namespace(s)")
+    for problem in problems:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -322,8 +399,8 @@ def _setup_logging(level: str) -> None:
                         stream=sys.stderr)
 
 
-COMMANDS = {"run": cmd_run, "watch": cmd_watch, "replay": cmd_replay, "stuck": cmd_stuck, "check": cmd_check,
-            "bench": cmd_bench}
+COMMANDS = {"run": cmd_run, "watch": cmd_watch, "replay": cmd_replay, "stuck": cmd_stuck,
+            "conflicts": cmd_conflicts, "port": cmd_port, "check": cmd_check, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

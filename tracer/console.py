@@ -126,3 +126,54 @@ def print_stuck(answer: dict, out: TextIO) -> None:
             f"{_endpoint(s['laddr'], s['lport'], v6):<27} {_endpoint(s['raddr'], s['rport'], v6):<27} "
             f"{s['pid'] or '-':>7} {s['comm'] or '-':<15} {s['rule']['description']}\n")
     out.write(f"{len(sockets)} stuck; an age with + is known only since the daemon saw the socket\n")
+
+
+def print_conflicts(answer: dict, out: TextIO) -> None:
+    """The /api/v1/bind-conflicts answer as a table, newest first, each remedy under its row."""
+    conflicts = answer.get("conflicts", [])
+    if not conflicts:
+        out.write("no bind conflicts since the daemon started\n")
+        return
+    out.write(f"{'TIME':<19} {'PORT':>5} {'ADDRESS':<16} {'PID':>7} {'COMM':<15} {'NETNS':>10} {'OPTS':<20} HOLDER\n")
+    for c in conflicts:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["time"]))
+        opts = ",".join(name for name in ("reuseaddr", "reuseport") if c[name]) or "-"
+        netns = c["netns"] or "-"
+        if c["netns"] and c["netns_inferred"]:
+            netns = f"{c['netns']}?"
+        h = c["holders"]
+        holder = c["holder"]
+        if holder == "time_wait":
+            holder += f" ({h['time_wait']})"
+        elif holder == "listener" and h["listeners"]:
+            first = h["listeners"][0]
+            holder += f" ({first['comm'] or '?'} pid {first['pid'] or '?'})"
+        out.write(f"{when:<19} {c['port']:>5} {c['address']:<16} {c['pid']:>7} {c['comm'] or '-':<15} "
+                  f"{netns:>10} {opts:<20} {holder}\n")
+        out.write(f"    {c['remedy']}\n")
+    out.write(f"{len(conflicts)} refused bind() call(s), newest first; a namespace with ? is where the port "
+              "was held (the caller had exited)\n")
+
+
+def print_port(port: int, by_ns: list[dict], out: TextIO) -> None:
+    """``tcpstate-tracer port``: who holds the port in each namespace, and what bind() would get."""
+    if not by_ns:
+        out.write(f"port {port}: free in every network namespace (no TCP socket holds it)\n")
+        return
+    for ns in by_ns:
+        out.write(f"network namespace {ns['netns']} ({ns['path']}):\n")
+        for lst in ns["listeners"]:
+            who = f"{lst['comm']} (pid {lst['pid']})" if lst["pid"] else "a process not found in /proc"
+            out.write(f"  LISTEN      on {lst['address']}, by {who}\n")
+        if ns["time_wait"]:
+            out.write(f"  TIME_WAIT   {ns['time_wait']} socket(s), the last expires in {ns['time_wait_left_s']:.1f} s\n")
+        for state, n in sorted(ns["others"].items()):
+            out.write(f"  {state:<11} {n} socket(s)\n")
+        if ns.get("trial"):
+            for family in ("ipv4", "ipv6"):
+                plain, reuse = ns["trial"][family]["plain"], ns["trial"][family]["reuseaddr"]
+                out.write(f"  a new bind() of {'0.0.0.0' if family == 'ipv4' else '[::]'}:{port}: "
+                          f"{'succeeds' if plain == 'ok' else 'fails with ' + plain} without SO_REUSEADDR, "
+                          f"{'succeeds' if reuse == 'ok' else 'fails with ' + reuse} with it\n")
+        if ns.get("remedy"):
+            out.write(f"  {ns['remedy']}\n")

@@ -224,4 +224,7 @@ def test_the_schema_catches_an_answer_that_strays_from_it(spec, change):
 def test_openapi_parameters_are_the_ones_the_api_reads(spec):
     listed = [p["name"] for p in spec["paths"]["/api/v1/sockets"]["get"]["parameters"]]
     assert listed == ["port", "state", "addr", "since", "until", "limit", "cursor"]
-    assert set(spec["paths"]) == {"/api/v1/sockets", "/api/v1/sockets/{id}", "/api/v1/openapi.json"}
+    assert set(spec["paths"]) == {"/api/v1/sockets", "/api/v1/sockets/{id}", "/api/v1/bind-conflicts",
+                                  "/api/v1/openapi.json"}
+    listed = [p["name"] for p in spec["paths"]["/api/v1/bind-conflicts"]["get"]["parameters"]]
+    assert listed == ["port", "limit"]

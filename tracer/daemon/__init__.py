@@ -2,8 +2,8 @@
 
 One writer thread owns the tracker (pipeline.py, the event reader); one
 housekeeping thread runs everything off the event path (housekeeper.py: the stuck
-scan, the kernel-table reconcile, the timeline's writes, the loss log); the web
-server reads snapshots. start() builds and starts them, run() serves until a signal.
+scan, the kernel-table reconcile, the timeline's writes, the loss log); one thread
+explains refused bind() calls (conflicts.py); the web server reads snapshots. start() builds and starts them, run() serves until a signal.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tracer.core.clock import Clock, SystemClock
 from tracer.core.ports import PortLabels
 from tracer.core.tracker import Tracker
 from tracer.daemon.changes import TimelineChanges
+from tracer.daemon.conflicts import BindConflicts
 from tracer.daemon.flusher import TimelineFlusher
 from tracer.daemon.housekeeper import Housekeeper
 from tracer.daemon.losses import LossLogger
@@ -31,7 +32,8 @@ from tracer.daemon.reconciler import Reconciler
 from tracer.daemon.signals import StopSignals
 from tracer.daemon.stuck import StuckScanner
 from tracer.host import headers, sysctl, tracefs
-from tracer.metrics import HealthFamilies, KernelFamilies, TableFamilies, TcpStateCollector, build_info
+from tracer.metrics import (ConflictFamilies, HealthFamilies, KernelFamilies, TableFamilies, TcpStateCollector,
+                            build_info)
 from tracer.store import LifecycleStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class StartupError(RuntimeError):
 class Running:
     pipeline: Pipeline
     housekeeper: Housekeeper
+    conflicts: BindConflicts
     store: LifecycleStore
     server: object  # werkzeug BaseWSGIServer
     registry: CollectorRegistry
@@ -99,6 +102,7 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
         log.info("timeline: %d sockets left open by the previous run marked ended", stale)
     tracker = Tracker(int(cfg.timewait_seconds * 1e9), cfg.max_sockets, cfg.rules(), keep_lifecycles=True)
     tracker.next_uid = store.next_id()  # ids stay unique across restarts
+    conflicts = BindConflicts(source, clock)
     pipeline = Pipeline(source, tracker, clock)
     ephemeral = sysctl.ephemeral_ports()
     reconciler = Reconciler(tracker, clock, every_s=cfg.timewait_reconcile_seconds, ephemeral=ephemeral)
@@ -117,17 +121,18 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
     registry.register(TcpStateCollector(
         KernelFamilies(source, labels), TableFamilies(tracker, labels, stuck=scanner),
         HealthFamilies(labels, limits, build_info(source.bcc_version), lag=pipeline, kernel_table=reconciler,
-                       timeline=flusher, store=store), labels))
-    app = create_app(registry, pipeline, scanner, clock, store=store, changes=changes)
+                       timeline=flusher, store=store), labels, conflicts=ConflictFamilies(conflicts, labels)))
+    app = create_app(registry, pipeline, scanner, clock, store=store, changes=changes, conflicts=conflicts)
     host, port = parse_listen_address(cfg.web_listen_address)
     server = make_server(host, port, app, threaded=True, fd=listener.fileno())
     tune_gc()
+    conflicts.start()
     pipeline.start()
     housekeeper.start()
     threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
     log.info("serving /metrics, /healthz, /readyz on http://%s (started in %.2f s)",
              cfg.web_listen_address, (clock.monotonic_ns() - started_ns) / 1e9)
-    return Running(pipeline, housekeeper, store, server, registry, cfg.web_listen_address)
+    return Running(pipeline, housekeeper, conflicts, store, server, registry, cfg.web_listen_address)
 
 
 def run(cfg: Config) -> int:
@@ -141,6 +146,7 @@ def run(cfg: Config) -> int:
     running.server.shutdown()
     running.pipeline.stop()
     running.housekeeper.stop()  # after the writer: its last flush sees every event
+    running.conflicts.stop()
     running.store.close()
     running.pipeline.source.close()
     if running.pipeline.failure:

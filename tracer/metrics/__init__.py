@@ -2,7 +2,8 @@
 
 The families come from three sources, one module each: the kernel's counters
 (kernel.py), the socket table the tracker models (table.py) and the daemon's own
-health (health.py); families.py holds the builders they share. Labels are service
+health (health.py); and the bind conflicts it explained (conflicts.py), last.
+families.py holds the builders they share. Labels are service
 port, states, role and reasons only; addresses, pids and socket ids belong to the
 API, never to labels.
 
@@ -23,12 +24,13 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from tracer.core.ports import PortLabels
+from tracer.metrics.conflicts import ConflictFamilies
 from tracer.metrics.families import port_label_values
 from tracer.metrics.health import HealthFamilies, build_info
 from tracer.metrics.kernel import KernelFamilies
 from tracer.metrics.table import TableFamilies
 
-__all__ = ["HealthFamilies", "KernelFamilies", "TableFamilies", "TcpStateCollector", "build_info",
+__all__ = ["ConflictFamilies", "HealthFamilies", "KernelFamilies", "TableFamilies", "TcpStateCollector", "build_info",
            "port_label_values"]
 
 
@@ -38,8 +40,9 @@ class TcpStateCollector(Collector):
     labels (through PortLabels) and how long the previous scrape took; nothing else."""
 
     def __init__(self, kernel: KernelFamilies, table: TableFamilies, health: HealthFamilies, labels: PortLabels,
-                 timer: Callable[[], float] = time.monotonic) -> None:
+                 timer: Callable[[], float] = time.monotonic, conflicts: ConflictFamilies | None = None) -> None:
         self._kernel = kernel
+        self._conflicts = conflicts
         self._table = table
         self._health = health
         self._labels = labels  # the instance the three parts label with
@@ -49,7 +52,9 @@ class TcpStateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         started = self._timer()
         kernel, table = self._kernel.snapshot(), self._table.snapshot()
-        self._labels.decide(kernel.ports() | table.ports(), kernel.listening() | table.listening())
+        conflicts = self._conflicts.snapshot() if self._conflicts is not None else {}
+        self._labels.decide(kernel.ports() | table.ports() | {p for p, _ in conflicts},
+                            kernel.listening() | table.listening())
         yield from self._kernel.counts(kernel)
         yield from self._table.model(table, kernel.connecting())
         yield from self._kernel.losses(kernel)
@@ -58,4 +63,6 @@ class TcpStateCollector(Collector):
         yield from self._kernel.program(kernel)
         yield from self._health.daemon(timeline_dropped=table.stats.lifecycles_dropped,
                                        previous_scrape_s=self._last_scrape_s)
+        if self._conflicts is not None:
+            yield from self._conflicts.families(conflicts)
         self._last_scrape_s = self._timer() - started

@@ -9,13 +9,15 @@ production runs.
 
 ``EventSource`` declares what the event reader (tracer/daemon/pipeline.py), the
 reconciler (tracer/daemon/reconciler.py) and `watch` call. What the metrics read
-from a source (its exact counters) is declared apart.
+from a source (its exact counters) is declared apart, and so is what the
+bind-conflict thread reads (``CallSource``: the live source alone has it).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from tracer.core.calls import Call
 from tracer.core.record import Record
 
 if TYPE_CHECKING:
@@ -72,4 +74,18 @@ class KernelCounters(Protocol):
 
     def decode_errors(self) -> int:
         """Records that could not be decoded and were skipped."""
+        ...
+
+
+class CallSource(Protocol):
+    """What the bind-conflict thread (tracer/daemon/conflicts.py) reads from the live
+    source: the socket calls the program reports failed, in a ring buffer of their own."""
+
+    def read_calls(self, timeout_s: float) -> list[Call]:
+        """Calls that failed in a way the daemon explains (a TCP bind() refused with
+        EADDRINUSE), oldest first, waiting up to ``timeout_s`` for one."""
+        ...
+
+    def calls_lost(self) -> int:
+        """Failed calls the program could not send: their ring buffer was full."""
         ...

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from tracer.core import record
+from tracer.core import calls, record
 from tracer.sources import CountKey
 from tracer.sources.ringbuf import HEADER as RING_HEADER
 from tracer.sources.ringbuf import RingBufferReader
@@ -27,9 +27,9 @@ PROGRAM = BPF_DIR / "tcpstates.bpf.c"
 
 # bpf/tcpstates.h TCPSTATE_STAT_*: the slots of the program's per-CPU `stats` array, in
 # order (tests/unit/test_header_constants.py checks them against the header).
-STAT_SLOTS = ("EVENTS", "RINGBUF_FULL", "COUNTS_FULL", "SOCKS_FULL", "LIVES_FULL", "LIVES_STALE")
+STAT_SLOTS = ("EVENTS", "RINGBUF_FULL", "COUNTS_FULL", "SOCKS_FULL", "LIVES_FULL", "LIVES_STALE", "CALLS_FULL")
 (STAT_EVENTS, STAT_RINGBUF_FULL, STAT_COUNTS_FULL, STAT_SOCKS_FULL, STAT_LIVES_FULL,
- STAT_LIVES_STALE) = range(len(STAT_SLOTS))
+ STAT_LIVES_STALE, STAT_CALLS_FULL) = range(len(STAT_SLOTS))
 
 # struct bpf_prog_info (include/uapi/linux/bpf.h): where recursion_misses sits, and
 # the size asked for; tests/unit/test_bcc_layout.py checks both against the header.
@@ -148,9 +148,11 @@ class BccSource:
             self._ring = RingBufferReader(events.map_fd, events.max_entries, record.RECORD_FORMAT,
                                           max_batch=self.READ_MAX)
             self._ring_size = events.max_entries
+            failed = self._bpf[b"calls"]
+            self._calls = RingBufferReader(failed.map_fd, failed.max_entries, calls.CALL_FORMAT, max_batch=1024)
         except (OSError, ValueError) as exc:
             self._bpf.cleanup()
-            raise SourceError(f"mapping the events ring buffer failed: {exc}") from None
+            raise SourceError(f"mapping the ring buffers failed: {exc}") from None
         log.debug("compiler pages released from the resident set: %d MB", release_compiler_pages() >> 20)
         self._counts = self._bpf[b"counts"]
         self._overflow = self._bpf[b"overflow_counts"]
@@ -166,7 +168,8 @@ class BccSource:
         self._newest_read_ns = 0  # the latest first timestamp of a record read
         self.lives_taken = 0
         self.socks_not_remembered = 0  # taken lives whose socket the program could not be told of
-        log.info("attached to sock:inet_sock_set_state, tcp:tcp_receive_reset, tcp:tcp_send_reset "
+        log.info("attached to sock:inet_sock_set_state, tcp:tcp_receive_reset, tcp:tcp_send_reset, "
+                 "syscalls:sys_{enter,exit}_{socket,bind}, syscalls:sys_enter_setsockopt "
                  "(ring buffer %d MiB)", events.max_entries >> 20)
 
     # How long a batch may wait in the ring buffer: the program sends no wakeups.
@@ -186,6 +189,18 @@ class BccSource:
         if data:
             self._newest_read_ns = max(self._newest_read_ns, int(batch.array["ts_ns"][-1]))
         return batch
+
+    def read_calls(self, timeout_s: float) -> list[calls.Call]:
+        """The failed socket calls (bind() with EADDRINUSE), oldest first; waits up to
+        ``timeout_s`` for one. The program wakes this wait for each."""
+        if not self._calls.pending_bytes():
+            self._calls.wait(timeout_s)
+        data = self._calls.read_bytes()
+        stride = self._calls.stride
+        return [calls.decode(data, off + RING_HEADER) for off in range(0, len(data), stride)]
+
+    def calls_lost(self) -> int:
+        return self._stat(STAT_CALLS_FULL)
 
     def sweep(self) -> list[record.Record]:
         """Every SWEEP_NS, the lives open for longer than YOUNG_NS, taken from the map:
@@ -307,4 +322,5 @@ class BccSource:
 
     def close(self) -> None:
         self._ring.close()
+        self._calls.close()
         self._bpf.cleanup()

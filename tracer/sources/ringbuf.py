@@ -55,9 +55,10 @@ class RingBufferReader:
         self._poll.register(map_fd, select.POLLIN)
 
     def wait(self, timeout_s: float) -> None:
-        """Returns at once when records are waiting, else after the timeout. The
-        program submits without wakeups (bpf/tcpstates.bpf.c says why), so the kernel
-        never ends this wait early: the timeout is the reader's polling interval."""
+        """Returns at once when records are waiting, when the program wakes the ring,
+        else after the timeout. The events are submitted without wakeups
+        (bpf/tcpstates.bpf.c says why): for them the timeout is the reader's polling
+        interval."""
         self._poll.poll(max(0, int(timeout_s * 1000)))
 
     def _bytes(self, lo: int, hi: int, step: int = 1) -> bytes:

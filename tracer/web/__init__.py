@@ -13,17 +13,20 @@ from werkzeug.exceptions import HTTPException
 from tracer.core.clock import Clock
 from tracer.store import LifecycleStore
 from tracer.web.api import StuckReports
+from tracer.web.conflicts_api import ConflictFeed
 from tracer.web.health import Health
 from tracer.web.stream import TimelineChanges
 
-__all__ = ["Health", "StuckReports", "TimelineChanges", "create_app"]
+__all__ = ["ConflictFeed", "Health", "StuckReports", "TimelineChanges", "create_app"]
 
 
 def create_app(registry: CollectorRegistry, health: Health, stuck: StuckReports, clock: Clock,
-               store: LifecycleStore | None = None, changes: TimelineChanges | None = None) -> Flask:
+               store: LifecycleStore | None = None, changes: TimelineChanges | None = None,
+               conflicts: ConflictFeed | None = None) -> Flask:
     """``clock`` turns kernel time into Unix time for the API. ``store`` serves
     /api/v1/sockets and the timeline page when given; ``changes`` the page's live
-    stream (/api/v1/stream; without it the page polls)."""
+    stream (/api/v1/stream; without it the page polls); ``conflicts``
+    /api/v1/bind-conflicts."""
     app = Flask(__name__, static_folder=None)  # the timeline serves its own assets
     app.config["REGISTRY"] = registry
     app.config["HEALTH"] = health
@@ -44,6 +47,11 @@ def create_app(registry: CollectorRegistry, health: Health, stuck: StuckReports,
         app.config["STORE"] = store
         app.register_blueprint(sockets_bp.bp)
         app.register_blueprint(timeline_bp.bp)
+    if conflicts is not None:
+        from tracer.web import conflicts_api as conflicts_bp
+
+        app.config["CONFLICTS"] = conflicts
+        app.register_blueprint(conflicts_bp.bp)
     if changes is not None:
         from tracer.web import stream as stream_bp
 

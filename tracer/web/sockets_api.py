@@ -1,4 +1,5 @@
-"""GET /api/v1/sockets, /api/v1/sockets/<id> and /api/v1/openapi.json: the timeline as JSON.
+"""GET /api/v1/sockets, /api/v1/sockets/<id> and /api/v1/openapi.json: the timeline as JSON
+(the document covers /api/v1/bind-conflicts too, tracer/web/conflicts_api.py).
 
 Every socket's life from the store (``current_app.config["STORE"]``, a
 tracer.store.LifecycleStore). A bad parameter is a 400 whose message names it, an
@@ -207,6 +208,8 @@ def _json(ref: str, description: str) -> dict[str, Any]:
 
 
 def openapi_document() -> dict[str, Any]:
+    from tracer.web import conflicts_api  # noqa: PLC0415 (it imports this module's schemas)
+
     unavailable = _json("Error", "The store could not be read")
     return {
         "openapi": "3.0.3",
@@ -251,6 +254,7 @@ def openapi_document() -> dict[str, Any]:
                     "503": unavailable,
                 },
             }},
+            **conflicts_api.openapi_paths(_query, _json),
             "/api/v1/openapi.json": {"get": {
                 "operationId": "openapi",
                 "summary": "This document",
@@ -259,5 +263,6 @@ def openapi_document() -> dict[str, Any]:
             }},
         },
         "components": {"schemas": {"Span": SPAN, "Socket": SOCKET, "SocketDetail": SOCKET_DETAIL,
-                                   "Page": PAGE, "Error": ERROR}},
+                                   "Page": PAGE, "Error": ERROR, "BindConflict": conflicts_api.CONFLICT,
+                                   "BindConflicts": conflicts_api.CONFLICTS}},
     }

@@ -1,0 +1,125 @@
+"""Bind conflicts: a thread of their own reads the refused bind() calls from the
+program's second ring buffer, explains each and keeps them, newest first, for the
+API and the metrics.
+
+The program wakes this thread for each call (the events' ring never wakes anyone),
+so the caller's namespace is pinned (an open descriptor of /proc/PID/ns/net) within
+microseconds, while the process is still returning from bind(): most exit at once.
+Then the holders are read from the kernel's table, filtered to the port, in this
+thread: no read of the table sits on the event path. A caller gone before it was
+pinned is placed in the namespace where the port was held, when exactly one held it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from tracer.core.calls import Call
+from tracer.core.clock import Clock
+from tracer.core.conflicts import Conflict, Holders
+from tracer.sources import CallSource, port_holders
+
+log = logging.getLogger(__name__)
+
+# (port, netns -> path or None for all) -> (holders by namespace, problems)
+HoldersReader = Callable[[int, "dict[int, str] | None"], "tuple[dict[int, Holders], list[str]]"]
+
+
+def _read_holders(port: int, netns: dict[int, str] | None) -> tuple[dict[int, Holders], list[str]]:
+    return port_holders.holders(port, netns)
+
+
+class BindConflicts:
+    """Refused binds -> Conflicts, read from ``source`` by the "conflicts" thread;
+    ``recent`` and ``counts`` for the web and the metrics (tracer/web/conflicts_api.py,
+    tracer/metrics/conflicts.py)."""
+
+    KEEP = 1000  # conflicts kept for the API
+    POLL_S = 0.5  # the longest a stop waits for the thread
+
+    def __init__(self, source: CallSource, clock: Clock, read_holders: HoldersReader = _read_holders,
+                 keep: int = KEEP) -> None:
+        self.source = source
+        self.clock = clock
+        self.read_holders = read_holders
+        self._recent: deque[Conflict] = deque(maxlen=keep)
+        self._counts: dict[tuple[int, str], int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="conflicts", daemon=True)
+
+    @property
+    def dropped(self) -> int:
+        """Refused binds never explained: the program found their ring buffer full."""
+        return self.source.calls_lost()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.handle(self.source.read_calls(self.POLL_S))
+            except Exception:  # a conflict left unexplained must not end the thread
+                log.exception("explaining a refused bind() failed")
+
+    def handle(self, calls: list[Call]) -> list[Conflict]:
+        """Pins every caller's namespace first (one open each), then explains the calls."""
+        pins = [_pin(call.pid) for call in calls]
+        try:
+            return [self.explain(call, pinned) for call, pinned in zip(calls, pins)]
+        finally:
+            for pinned in pins:
+                if pinned is not None:
+                    os.close(pinned[1])
+
+    def explain(self, call: Call, pinned: tuple[int, int] | None) -> Conflict:
+        """Reads what holds the call's port in its namespace and keeps the conflict."""
+        if pinned is not None:
+            ino, fd = pinned
+            found, problems = self.read_holders(call.port, {ino: f"/proc/self/fd/{fd}"})
+            netns, inferred, held = ino, False, found.get(ino, Holders())
+        else:
+            found, problems = self.read_holders(call.port, None)
+            if len(found) == 1:
+                (netns, held), = found.items()
+                inferred = True
+            else:
+                netns, inferred, held = None, False, Holders()
+        for problem in problems:
+            log.warning("bind conflict on port %d: %s", call.port, problem)
+        conflict = Conflict(self.clock.wall(call.ts_ns), call, netns, inferred, held)
+        with self._lock:
+            self._recent.append(conflict)
+            key = (call.port, conflict.holder)
+            self._counts[key] = self._counts.get(key, 0) + 1
+        log.info("bind() of port %d by %s (pid %d) refused: %s", call.port, call.comm, call.pid, conflict.remedy())
+        return conflict
+
+    def recent(self, limit: int | None = None, port: int | None = None) -> list[Conflict]:
+        """Newest first."""
+        with self._lock:
+            items = [c for c in reversed(self._recent) if port is None or c.call.port == port]
+        return items[:limit] if limit is not None else items
+
+    def counts(self) -> dict[tuple[int, str], int]:
+        """(port, holder) -> refused binds, since the start."""
+        with self._lock:
+            return dict(self._counts)
+
+
+def _pin(pid: int) -> tuple[int, int] | None:
+    """(namespace inode, an open descriptor of it) of a process, or None once it has gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    return os.fstat(fd).st_ino, fd

@@ -1,0 +1,111 @@
+"""GET /api/v1/bind-conflicts: the refused bind() calls, newest first, each with what
+held its port and the remedy (tracer/core/conflicts.py). Kept in memory, bounded: a
+restart starts the list again (the counter on /metrics restarts too)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from flask import Blueprint, current_app, jsonify
+
+from tracer.core.conflicts import HOLDERS, Conflict
+from tracer.web.sockets_api import PORT, TIME, BadParameter, _error, _integer, _nullable
+
+bp = Blueprint("conflicts", __name__, url_prefix="/api/v1")
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+class ConflictFeed(Protocol):
+    """The daemon's BindConflicts (tracer/daemon/conflicts.py)."""
+
+    def recent(self, limit: int | None = None, port: int | None = None) -> list[Conflict]: ...
+
+
+@bp.get("/bind-conflicts")
+def bind_conflicts():
+    feed: ConflictFeed = current_app.config["CONFLICTS"]
+    try:
+        port = _integer("port", 1, 65535, "a port")
+        limit = _integer("limit", 1, MAX_LIMIT, "a number")
+    except BadParameter as exc:
+        return _error(str(exc), 400)
+    found = feed.recent(DEFAULT_LIMIT if limit is None else limit, port)
+    return jsonify(conflicts=[c.to_json() for c in found])
+
+
+# The contract (merged into /api/v1/openapi.json).
+
+LISTENER = {
+    "type": "object",
+    "required": ["address", "pid", "comm"],
+    "additionalProperties": False,
+    "properties": {
+        "address": {"type": "string"},
+        "pid": {"type": "integer", "description": "0 when no process was found holding it"},
+        "comm": {"type": "string"},
+    },
+}
+
+CONFLICT = {
+    "type": "object",
+    "description": "A bind() refused with EADDRINUSE and what held the port in the caller's namespace",
+    "required": ["time", "pid", "comm", "netns", "netns_inferred", "address", "port", "reuseaddr", "reuseport",
+                 "holder", "holders", "remedy"],
+    "additionalProperties": False,
+    "properties": {
+        "time": TIME,
+        "pid": {"type": "integer"},
+        "comm": {"type": "string"},
+        "netns": _nullable({"type": "integer", "description": "Network namespace inode; null when not known"}),
+        "netns_inferred": {"type": "boolean",
+                           "description": "The caller had exited: the namespace is the one where the port was held"},
+        "address": {"type": "string", "description": "The address asked for (0.0.0.0 or :: for any)"},
+        "port": PORT,
+        "reuseaddr": {"type": "boolean", "description": "The socket had SO_REUSEADDR set"},
+        "reuseport": {"type": "boolean", "description": "The socket had SO_REUSEPORT set"},
+        "holder": {"type": "string", "enum": list(HOLDERS)},
+        "holders": {
+            "type": "object",
+            "required": ["listeners", "time_wait", "time_wait_left_s", "time_wait_free_at", "others"],
+            "additionalProperties": False,
+            "properties": {
+                "listeners": {"type": "array", "items": LISTENER},
+                "time_wait": {"type": "integer", "minimum": 0},
+                "time_wait_left_s": {"type": "number", "minimum": 0,
+                                     "description": "Until the last TIME_WAIT expires, from the call"},
+                "time_wait_free_at": _nullable({**TIME, "description": "When the last TIME_WAIT expires"}),
+                "others": {"type": "object", "additionalProperties": {"type": "integer"},
+                           "description": "Other sockets on the port, by state"},
+            },
+        },
+        "remedy": {"type": "string"},
+    },
+}
+
+CONFLICTS = {
+    "type": "object",
+    "required": ["conflicts"],
+    "additionalProperties": False,
+    "properties": {"conflicts": {"type": "array", "items": {"$ref": "#/components/schemas/BindConflict"},
+                                 "description": "Newest first"}},
+}
+
+
+def openapi_paths(query: Any, json: Any) -> dict[str, Any]:
+    return {
+        "/api/v1/bind-conflicts": {"get": {
+            "operationId": "listBindConflicts",
+            "summary": "Refused bind() calls, newest first, with their holders and the remedy",
+            "parameters": [
+                query("port", {"type": "integer", "minimum": 1, "maximum": 65535}, "Only this port"),
+                query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+                      "Conflicts in the answer"),
+            ],
+            "responses": {
+                "200": json("BindConflicts", "The conflicts"),
+                "400": json("Error", "A parameter is not valid; the message names it"),
+            },
+        }},
+    }
