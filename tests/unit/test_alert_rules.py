@@ -24,7 +24,7 @@ from tracer.core.detector import Rules
 from tracer.core.ports import PortLabels
 from tracer.core.states import STATE_NAMES
 from tracer.core.tracker import Tracker
-from tracer.metrics import HealthFamilies, KernelFamilies, TableFamilies, TcpStateCollector, build_info
+from tracer.metrics import ConflictFamilies, HealthFamilies, KernelFamilies, TableFamilies, TcpStateCollector, build_info
 from tracer.sources.replay import ReplaySource
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,10 +122,11 @@ def exported() -> dict[str, set[str]]:
                                        failures=0)
         labels = PortLabels(64, range(32768, 61000))
         limits = {"tcp_max_tw_buckets": 131072, "ephemeral_ports": 28232}
+        conflicts = SimpleNamespace(dropped=0, counts=lambda: {(8080, "time_wait"): 1})
         collector = TcpStateCollector(
             KernelFamilies(source, labels), TableFamilies(tracker, labels, stuck=housekeeping),
             HealthFamilies(labels, limits, build_info(source.bcc_version), lag=SimpleNamespace(lag_s=0.0),
-                           kernel_table=housekeeping), labels)
+                           kernel_table=housekeeping), labels, conflicts=ConflictFamilies(conflicts, labels))
         families = list(collector.collect())
     finally:
         source.close()

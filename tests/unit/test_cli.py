@@ -58,6 +58,7 @@ def test_bad_line_stops_replay_after_what_came_before(tmp_path):
     (["run", "--msl", "-1", "--web.listen-address", "nope"], 2, ["msl", "web.listen_address"]),
     (["run", "--config.file", "/nonexistent.yml"], 2, ["cannot read it"]),
     (["stuck", "--web.listen-address", "127.0.0.1:1"], 1, ["cannot reach the daemon"]),
+    (["conflicts", "--web.listen-address", "127.0.0.1:1"], 1, ["cannot reach the daemon"]),
 ])
 def test_operator_errors_are_one_line(args, code, words):
     assert_one_line_error(cli(*args), code, *words)
@@ -89,3 +90,9 @@ def test_replay_prints_the_recording_in_its_order_with_the_time_each_state_laste
         assert p["prev_state_seconds"] == (None if before is None else (p["ts_ns"] - before) / 1e9)
         entered[p["sk"]] = p["ts_ns"]
     assert [p["sport"] for p in printed if p["timewait"]] == [37176, 37192, 37202]
+
+
+def test_port_needs_root():
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                             "tracer", "port", "8080"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert_one_line_error(result, 1, "needs root")

@@ -159,9 +159,12 @@ def _tracefs_tree(root: Path, tracepoints: list[str]) -> Path:
     (None, False, ["has no events/ directory", "sock/inet_sock_set_state, tcp/tcp_receive_reset, "
                    "tcp/tcp_send_reset", "mount -t tracefs nodev /sys/kernel/tracing"]),
     ([], False, ["tracepoints missing under", "sock/inet_sock_set_state", "Linux 4.16"]),
-    (["sock/inet_sock_set_state"], False, ["missing under", ": tcp/tcp_receive_reset, tcp/tcp_send_reset:"]),
-    (list(tracefs.TRACEPOINTS), True, ["sock/inet_sock_set_state, tcp/tcp_receive_reset, tcp/tcp_send_reset "
-                                       "found under"]),
+    (["sock/inet_sock_set_state"], False, ["missing under", ": tcp/tcp_receive_reset, tcp/tcp_send_reset, "
+                                           "tcp/tcp_retransmit_skb,"]),
+    (list(tracefs.TRACEPOINTS[:5]), False,
+     ["missing under", ": syscalls/sys_enter_socket, syscalls/sys_exit_socket", "CONFIG_FTRACE_SYSCALLS"]),
+    (list(tracefs.TRACEPOINTS), True, ["sock/inet_sock_set_state, tcp/tcp_receive_reset, tcp/tcp_send_reset, "
+                                       "tcp/tcp_retransmit_skb", "sys_exit_bind found under"]),
 ])
 def test_check_tracepoints(tmp_path: Path, present: list[str] | None, ok: bool, wanted: list[str]) -> None:
     root = tmp_path if present is None else _tracefs_tree(tmp_path, present)
@@ -338,6 +341,6 @@ def test_run_checks_on_an_empty_tracefs_root_names_the_missing_tracepoints(
     assert results["tracefs"].ok
     assert not results["tracepoints"].ok
     assert results["tracepoints"].message == (
-        f"{empty} has no events/ directory, so none of sock/inet_sock_set_state, tcp/tcp_receive_reset, "
-        "tcp/tcp_send_reset: it is not a mounted tracefs; mount one (mount -t tracefs nodev /sys/kernel/tracing)")
+        f"{empty} has no events/ directory, so none of {', '.join(tracefs.TRACEPOINTS)}: it is not a mounted "
+        "tracefs; mount one (mount -t tracefs nodev /sys/kernel/tracing)")
     assert "program" not in results

@@ -185,7 +185,8 @@ def check_tracepoints(root: Path) -> CheckResult:
                        f"mounted tracefs; mount one (mount -t tracefs nodev {tracefs.MOUNT_POINT})")
     return _result("tracepoints", False,
                    f"tracepoints missing under {root}/events: {', '.join(missing)}: this kernel lacks them "
-                   "(they need Linux 4.16 or later with CONFIG_TRACEPOINTS); run on a newer kernel")
+                   "(they need Linux 4.16 or later with CONFIG_TRACEPOINTS, and CONFIG_FTRACE_SYSCALLS for the "
+                   "syscalls/ ones); run on a newer kernel")
 
 
 def check_headers(cache_dir: Path) -> CheckResult:

@@ -12,7 +12,10 @@ log = logging.getLogger(__name__)
 
 MOUNT_POINT = Path("/sys/kernel/tracing")
 LEGACY = Path("/sys/kernel/debug/tracing")
-TRACEPOINTS = ("sock/inet_sock_set_state", "tcp/tcp_receive_reset", "tcp/tcp_send_reset")
+TRACEPOINTS = ("sock/inet_sock_set_state", "tcp/tcp_receive_reset", "tcp/tcp_send_reset",
+               "tcp/tcp_retransmit_skb", "tcp/tcp_retransmit_synack",
+               "syscalls/sys_enter_socket", "syscalls/sys_exit_socket", "syscalls/sys_enter_setsockopt",
+               "syscalls/sys_enter_bind", "syscalls/sys_exit_bind")
 
 
 class TracefsError(RuntimeError):
