@@ -455,10 +455,11 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	return 0;
 }
 
-/* Resets: an orderly-looking close that was really a reset must not be
- * modelled as TIME_WAIT, and resets are worth counting on their own. A reset of a
- * young socket goes in its life, in order with its transitions. */
-static __always_inline void reset_event(u64 sk, u8 kind, u8 state, u16 sport, u16 dport,
+/* Resets and retransmissions: an orderly-looking close that was really a reset must
+ * not be modelled as TIME_WAIT, and both are worth counting on their own (a LAST_ACK
+ * socket retransmitting its FIN is the evidence that its final ACK never comes). One
+ * of a young socket goes in its life, in order with its transitions. */
+static __always_inline void socket_event(u64 sk, u8 kind, u8 state, u16 sport, u16 dport,
 					u16 family, const void *s4, const void *d4,
 					const void *s6, const void *d6)
 {
@@ -482,7 +483,7 @@ static __always_inline void reset_event(u64 sk, u8 kind, u8 state, u16 sport, u1
  * which user space knows from the socket's identity. */
 TRACEPOINT_PROBE(tcp, tcp_receive_reset)
 {
-	reset_event((u64)args->skaddr, TCPSTATE_KIND_RESET_RX, 0, args->sport, args->dport,
+	socket_event((u64)args->skaddr, TCPSTATE_KIND_RESET_RX, 0, args->sport, args->dport,
 		    args->family, args->saddr, args->daddr, args->saddr_v6, args->daddr_v6);
 	return 0;
 }
@@ -501,8 +502,24 @@ TRACEPOINT_PROBE(tcp, tcp_send_reset)
 	bpf_probe_read_kernel(sa, sizeof(sa), args->saddr);
 	bpf_probe_read_kernel(da, sizeof(da), args->daddr);
 	u16 family = sa[0] | (sa[1] << 8);
-	reset_event(sk, TCPSTATE_KIND_RESET_TX, args->state, (sa[2] << 8) | sa[3], (da[2] << 8) | da[3],
+	socket_event(sk, TCPSTATE_KIND_RESET_TX, args->state, (sa[2] << 8) | sa[3], (da[2] << 8) | da[3],
 		    family, sa + 4, da + 4, sa + 8, da + 8);
+	return 0;
+}
+
+/* A retransmitted segment of a full socket, in the state it was sent in. */
+TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
+{
+	socket_event((u64)args->skaddr, TCPSTATE_KIND_RETRANSMIT, args->state, args->sport, args->dport,
+		     args->family, args->saddr, args->daddr, args->saddr_v6, args->daddr_v6);
+	return 0;
+}
+
+/* A retransmitted SYN-ACK: its request is no socket the daemon tracks, so it is
+ * counted only, on the listener's port. */
+TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
+{
+	count(args->sport, TCPSTATE_KIND_RETRANSMIT, ST_SYN_RECV, ST_SYN_RECV);
 	return 0;
 }
 

@@ -14,6 +14,8 @@
 #define TCPSTATE_KIND_STATE    0 /* sock:inet_sock_set_state */
 #define TCPSTATE_KIND_RESET_RX 1 /* tcp:tcp_receive_reset (oldstate = newstate = current state) */
 #define TCPSTATE_KIND_RESET_TX 2 /* tcp:tcp_send_reset */
+#define TCPSTATE_KIND_RETRANSMIT 3 /* tcp:tcp_retransmit_skb (oldstate = newstate = the socket's state);
+                                    * tcp:tcp_retransmit_synack is counted only, as SYN_RECV */
 
 /* Who opened the connection. Inferred roles come from the listening-port map
  * for sockets whose opening transition happened before the program attached. */
@@ -97,6 +99,6 @@ struct tcpstate_count_key {
 #define TCPSTATE_STAT_NSLOTS        7
 
 /* overflow_counts index: kind * 256 + oldstate * 16 + newstate */
-#define TCPSTATE_OVERFLOW_SLOTS (3 * 256)
+#define TCPSTATE_OVERFLOW_SLOTS (4 * 256)
 
 #endif

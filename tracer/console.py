@@ -9,7 +9,8 @@ from typing import TextIO
 from tracer.core.record import AF_INET, Event, Field, comm_text, format_addr, role_name, to_json
 from tracer.core.states import STATE_NAMES, EventKind, TcpState
 
-_RESET_WORDS = {EventKind.RESET_RX.value: "reset received", EventKind.RESET_TX.value: "reset sent"}
+_RESET_WORDS = {EventKind.RESET_RX.value: "reset received", EventKind.RESET_TX.value: "reset sent",
+                EventKind.RETRANSMIT.value: "retransmit"}
 HEADER = (f"{'TIME':<15} {'PORT':>5} {'ROLE':<8} {'PID':>7} {'COMM':<15} {'LOCAL':<27} "
           f"{'REMOTE':<27} {'TRANSITION':<34} {'PREV_MS':>10}")
 
@@ -124,7 +125,7 @@ def print_stuck(answer: dict, out: TextIO) -> None:
         out.write(
             f"{s['state']:<11} {age:>9} {s['service_port']:>5} {s['netns'] or '-':>10} "
             f"{_endpoint(s['laddr'], s['lport'], v6):<27} {_endpoint(s['raddr'], s['rport'], v6):<27} "
-            f"{s['pid'] or '-':>7} {s['comm'] or '-':<15} {s['rule']['description']}\n")
+            f"{s['pid'] or '-':>7} {s['comm'] or '-':<15} {s['evidence']}\n")
     out.write(f"{len(sockets)} stuck; an age with + is known only since the daemon saw the socket\n")
 
 

@@ -102,12 +102,22 @@ def test_lost_final_ack_leaves_last_ack_and_rearmed_timewait(short_daemon: Daemo
         tw = wait_stuck(short_daemon, at(client, "TIME_WAIT", sc.client_port, port), "TIME_WAIT", 10)
         cli = subprocess.run(tracer_cmd("stuck", "--web.listen-address", short_daemon.url.removeprefix("http://")),
                              cwd=ROOT, capture_output=True, text=True, timeout=30)
+        text = Daemon.metrics(short_daemon)
     assert last_ack["role"] == "passive" and last_ack["service_port"] == port
     assert "FIN is never acknowledged" in last_ack["rule"]["description"]
+    # The evidence: the FIN the server retransmits in LAST_ACK (tcp:tcp_retransmit_skb), counted
+    # on the socket and, exactly, in the kernel; nothing else retransmits on this port.
+    fins = last_ack["retransmits"]["count"]
+    assert fins >= 1 and last_ack["retransmits"]["last"] > last_ack["since"]
+    assert f"LAST_ACK for {last_ack['age_seconds']:.0f} s: our FIN retransmitted {fins} time" in last_ack["evidence"]
+    assert last_ack["evidence"].endswith("never acknowledged")
+    counted = samples(text, "tcpstate_retransmits_total", port=str(port), state="LAST_ACK")
+    assert list(counted.values())[0] >= fins
+    assert set(samples(text, "tcpstate_retransmits_total", port=str(port))) == set(counted)
     assert tw["role"] == "active" and tw["service_port"] == port
     assert cli.returncode == 0, cli.stderr
     rows = [line for line in cli.stdout.splitlines() if f"{server_ip}:{port}" in line or f":{port} " in line]
-    assert any(line.startswith("LAST_ACK") for line in rows), cli.stdout
+    assert any(line.startswith("LAST_ACK") and "our FIN retransmitted" in line for line in rows), cli.stdout
     assert any(line.startswith("TIME_WAIT") for line in rows), cli.stdout
 
 

@@ -312,3 +312,46 @@ def test_after_a_missed_transition_the_time_in_state_is_unknown(event):
     assert (8080, S.FIN_WAIT1) not in t.outcomes().state_durations
     assert t.stuck_totals() == {}, "5 s in FIN_WAIT1 is not known: it may have left at once"
     assert t.snapshot()[(8080, S.TIME_WAIT)] == 1
+
+
+# -- retransmissions as evidence --------------------------------------------------------
+
+
+def last_ack_socket(t: Tracker, event, sk=0x10, port=8080, peer=40000, at=0.0) -> None:
+    close_wait_socket(t, event, sk, port, peer, at)
+    apply(t, event, sk, Role.PASSIVE, S.CLOSE_WAIT, S.LAST_ACK, port, peer, at)
+
+
+def retransmit(t: Tracker, event, sk, state, at_s: float, port=8080, peer=40000) -> None:
+    t.apply(event(sk, state, state, ts_ns=int(at_s * SEC), sport=port, dport=peer, service_port=port,
+                  role=Role.PASSIVE, kind=EventKind.RETRANSMIT))
+
+
+def test_a_stuck_last_ack_names_its_retransmitted_fins(event):
+    t = tracker()
+    last_ack_socket(t, event, at=0)
+    for at in (0.2, 0.6, 1.4, 3.0, 6.2, 12.6, 25.4, 53.0):
+        retransmit(t, event, 0x10, S.LAST_ACK, at)
+    (s,) = t.scan(63 * SEC).stuck
+    assert s.retransmits == (8, 53 * SEC)
+    assert s.evidence(63 * SEC) == ("LAST_ACK for 63 s: our FIN retransmitted 8 times (sent 9), the last "
+                                    "10 s ago, never acknowledged")
+    # A retransmission changes no state and counts nothing else.
+    assert t.snapshot()[(8080, S.LAST_ACK)] == 1
+
+
+def test_retransmissions_of_an_earlier_state_are_not_evidence_for_this_one(event):
+    t = tracker(states={"CLOSE_WAIT": 10})
+    close_wait_socket(t, event, at=0)
+    retransmit(t, event, 0x10, S.ESTABLISHED, 0.0)  # data, before the peer closed
+    (s,) = t.scan(11 * SEC).stuck
+    assert s.retransmits is None
+    assert s.evidence(11 * SEC).startswith("CLOSE_WAIT for 11 s, longer than 10 s: the peer closed")
+    entry = t.table.sockets[0x10]
+    assert entry.retransmits == [S.ESTABLISHED, 1, 0, 1]
+
+
+def test_a_retransmission_of_a_socket_not_tracked_is_ignored(event):
+    t = tracker()
+    retransmit(t, event, 0x99, S.LAST_ACK, 1.0)
+    assert t.scan(2 * SEC).stuck == [] and 0x99 not in t.table.sockets

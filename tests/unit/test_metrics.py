@@ -103,7 +103,7 @@ def test_replayed_connections_on_metrics():
     assert value("tcpstate_build_info", {"version": "0.1.0", "kernel": os.uname().release, "bcc": "none"}) == 1
 
 
-def test_connect_refused_and_timed_out_are_told_apart(tmp_path):
+def test_connect_refused_timed_out_and_without_a_local_port_are_told_apart(tmp_path):
     lo = bytes([127, 0, 0, 1]) + bytes(12)
     comm = bytes(16)
 
@@ -113,13 +113,18 @@ def test_connect_refused_and_timed_out_are_told_apart(tmp_path):
     events = [
         ev(1, 0x1, S.CLOSE, S.SYN_SENT, 0), ev(2, 0x1, 0, 0, 40000, kind=EventKind.RESET_RX),
         ev(3, 0x1, S.SYN_SENT, S.CLOSE, 40000),
-        ev(4, 0x2, S.CLOSE, S.SYN_SENT, 0), ev(5, 0x2, S.SYN_SENT, S.CLOSE, 40001),
+        ev(4, 0x2, S.CLOSE, S.SYN_SENT, 0), ev(5, 0x2, S.SYN_SENT, S.SYN_SENT, 40001, kind=EventKind.RETRANSMIT),
+        ev(6, 0x2, S.SYN_SENT, S.CLOSE, 40001),
+        # No free local port: closed before one was bound (EADDRNOTAVAIL).
+        ev(7, 0x3, S.CLOSE, S.SYN_SENT, 0), ev(8, 0x3, S.SYN_SENT, S.CLOSE, 0),
     ]
     registry, _ = collector_for(write_events(tmp_path / "c.jsonl", events))
     value = registry.get_sample_value
     assert value("tcpstate_connect_failures_total", {"port": "9999", "reason": "refused"}) == 1
     assert value("tcpstate_connect_failures_total", {"port": "9999", "reason": "timeout"}) == 1
+    assert value("tcpstate_connect_failures_total", {"port": "9999", "reason": "no_local_port"}) == 1
     assert value("tcpstate_resets_total", {"port": "9999", "direction": "received"}) == 1
+    assert value("tcpstate_retransmits_total", {"port": "9999", "state": "SYN_SENT"}) == 1
 
 
 def test_ports_past_the_cap_are_folded_with_every_count_kept(tmp_path):

@@ -46,10 +46,12 @@ class Rule:
     def threshold_s(self) -> float:
         return self.threshold_ns / 1e9
 
+    def limit(self) -> str:
+        return f"2MSL ({self.threshold_s:g} s)" if self.two_msl else f"{self.threshold_s:g} s"
+
     def describe(self) -> str:
-        limit = f"2MSL ({self.threshold_s:g} s)" if self.two_msl else f"{self.threshold_s:g} s"
         scope = f" (rule for port {self.port})" if self.port is not None else ""
-        return f"{self.state.name} longer than {limit}{scope}: {WHY[self.state]}"
+        return f"{self.state.name} longer than {self.limit()}{scope}: {WHY[self.state]}"
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,31 @@ class Stuck:
     entry: object  # tracer.core.tracker.SocketEntry (a copy of its fields is taken by the caller)
     rule: Rule
     age_ns: int
+    # (segments retransmitted in this state, when the last was) at the scan; None: none seen
+    retransmits: tuple[int, int] | None = None
+
+    def evidence(self, now_ns: int) -> str:
+        """What was seen, in one line: "LAST_ACK for 63 s: our FIN retransmitted 7 times
+        (sent 8), the last 10 s ago, never acknowledged"; without retransmissions, the
+        state's age and what it means."""
+        state = self.rule.state
+        head = f"{state.name} for {self.age_ns / 1e9:.0f} s"
+        if self.retransmits is None:
+            return f"{head}, longer than {self.rule.limit()}: {WHY[state]}"
+        n, last_ns = self.retransmits
+        what, outcome = _RETRANSMITTED.get(state, ("data", "not all acknowledged"))
+        return (f"{head}: {what} retransmitted {n} time{'s' if n != 1 else ''} (sent {n + 1}), the last "
+                f"{max(0, now_ns - last_ns) / 1e9:.0f} s ago, {outcome}")
+
+
+# What a socket in a watched state retransmits, and what that says.
+_RETRANSMITTED = {
+    TcpState.LAST_ACK: ("our FIN", "never acknowledged"),
+    TcpState.FIN_WAIT1: ("our FIN", "never acknowledged"),
+    TcpState.CLOSING: ("our FIN", "never acknowledged"),
+    TcpState.SYN_SENT: ("our SYN", "never answered"),
+    TcpState.SYN_RECV: ("our SYN-ACK", "the handshake's final ACK never came"),
+}
 
 
 @dataclass(frozen=True)

@@ -41,13 +41,14 @@ class SocketEntry:
     ``age_known`` is False for sockets found in the kernel's table rather than seen
     entering their state: ``since_ns`` is then when the daemon first saw them.
     ``history`` is flat, [state, since_ns, state, since_ns, ...]: a list of pairs
-    costs a tuple per transition.
+    costs a tuple per transition. ``retransmits`` counts the segments retransmitted in
+    the socket's latest state that had any (a LAST_ACK socket's are its FIN).
     """
 
     __slots__ = (
         "sk", "state", "since_ns", "first_ns", "port", "role", "family", "saddr", "sport",
         "daddr", "dport", "pid", "comm", "flags", "reset", "netns", "age_known", "expires_ns",
-        "stuck_state", "opened", "uid", "history", "ended_ns",
+        "stuck_state", "opened", "uid", "history", "ended_ns", "retransmits",
     )
 
     def __init__(self, ev: Event) -> None:
@@ -76,6 +77,9 @@ class SocketEntry:
         # (state, since) for the timeline; a socket first seen at its close was in `old`.
         self.history: list[int] = [old if new == _CLOSE else new, ts]
         self.ended_ns = 0
+        # Segments the kernel retransmitted, [state, in that state, last_ns, in all], or None:
+        # most sockets never retransmit, and pay nothing for it.
+        self.retransmits: list[int] | None = None
 
     @property
     def conn(self) -> Conn:

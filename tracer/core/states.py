@@ -48,6 +48,7 @@ class EventKind(IntEnum):
     STATE = 0  # sock:inet_sock_set_state
     RESET_RX = 1  # tcp:tcp_receive_reset
     RESET_TX = 2  # tcp:tcp_send_reset
+    RETRANSMIT = 3  # tcp:tcp_retransmit_skb (and, counted only, tcp:tcp_retransmit_synack)
 
 
 # Record flags (bpf/tcpstates.h TCPSTATE_F_*).

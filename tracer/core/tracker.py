@@ -46,6 +46,7 @@ _ACTIVE_CLOSE = frozenset(int(s) for s in ACTIVE_CLOSE_STATES)
 # The states the kernel's table is read for: the watched (stuck-prone) ones and CLOSING.
 RECONCILED_STATES = frozenset([s.value for s in WATCHED if s != TcpState.TIME_WAIT] + [TcpState.CLOSING.value])
 _STATE = EventKind.STATE.value
+_RETRANSMIT = EventKind.RETRANSMIT.value
 _LISTEN_OR_CLOSE = frozenset({TcpState.CLOSE.value, TcpState.LISTEN.value})
 _CONNECTION_ROLES = frozenset({Role.ACTIVE.value, Role.PASSIVE.value})
 
@@ -143,7 +144,10 @@ class Tracker:
         # works on locals and inlines what a helper would cost a call for.
         ts, sk, saddr, daddr, pid, sport, dport, svc, _fam, kind, ev_old, new, role, flags, comm = ev
         if kind != _STATE:
-            self._reset(ev)
+            if kind == _RETRANSMIT:
+                self._retransmitted(sk, ev_old, ts)
+            else:
+                self._reset(ev)
             return -1
         counts, table, sockets = self.counts, self.table, self._sockets
         entry = sockets.get(sk)
@@ -270,6 +274,20 @@ class Tracker:
         self.tw.enter(tw)
         return tw
 
+    def _retransmitted(self, sk: int, state: int, ts: int) -> None:
+        """A segment the socket retransmitted in ``state``: counted on the socket, for the
+        stuck evidence (a TIME_WAIT mini-socket never retransmits)."""
+        entry = self.table.sockets.get(sk)
+        if entry is None:
+            return
+        r = entry.retransmits
+        if r is None:
+            entry.retransmits = [state, 1, ts, 1]
+        else:
+            r[1] = r[1] + 1 if r[0] == state else 1
+            r[0], r[2] = state, ts
+            r[3] += 1
+
     def _reset(self, ev: Event) -> None:
         entry = self.table.sockets.get(ev[1])
         if entry is not None:
@@ -383,7 +401,8 @@ class Tracker:
             if state in floors and age > floors[state]:
                 rule = rules.rule(entry.port, state)
                 if age > rule.threshold_ns:
-                    stuck.append(Stuck(entry, rule, age))
+                    r = entry.retransmits
+                    stuck.append(Stuck(entry, rule, age, (r[1], r[2]) if r is not None and r[0] == state else None))
                     counts[key] = counts.get(key, 0) + 1
         tw_floor = floors.get(_TIME_WAIT)
         length = self.timewait_ns

@@ -15,13 +15,14 @@ from prometheus_client.core import Metric
 
 from tracer.core.ports import PortLabels
 from tracer.core.states import STATE_NAMES, EventKind, TcpState
-from tracer.metrics.families import counter, fold, gauge
+from tracer.metrics.families import counter, fold, gauge, port_state
 from tracer.sources import CountKey, KernelCounters
 
 if TYPE_CHECKING:
     from tracer.sources.bcc import KernelStats
 
 _STATE = EventKind.STATE.value
+_RETRANSMIT = EventKind.RETRANSMIT.value
 _LISTEN = TcpState.LISTEN.value
 _CLOSE = TcpState.CLOSE.value
 _SYN_SENT = TcpState.SYN_SENT.value
@@ -74,6 +75,13 @@ class KernelFamilies:
             "tcpstate_resets", "TCP resets sent and received by sockets of each service port "
             "(tcp:tcp_send_reset, tcp:tcp_receive_reset; counted in the kernel)",
             ["port", "direction"], fold(resets, label))
+        retransmits = {(p, old): n for (p, kind, old, _n), n in snap.counts.items() if kind == _RETRANSMIT}
+        yield counter(
+            "tcpstate_retransmits",
+            "TCP segments retransmitted by sockets of each service port, by the state the socket was in "
+            "(tcp:tcp_retransmit_skb; SYN_RECV also counts tcp:tcp_retransmit_synack; counted in the "
+            "kernel): in LAST_ACK, FIN_WAIT1 or CLOSING they are FINs nobody acknowledges",
+            ["port", "state"], fold(retransmits, label), port_state)
 
     def losses(self, snap: KernelSnapshot) -> Iterator[Metric]:
         yield counter(

@@ -21,7 +21,7 @@ class StuckReports(Protocol):
     def report(self) -> Report: ...
 
 
-def stuck_json(s: Stuck, clock: Clock) -> dict[str, Any]:
+def stuck_json(s: Stuck, clock: Clock, at_ns: int) -> dict[str, Any]:
     e = s.entry
     since_ns = e.since_ns
     return {
@@ -41,6 +41,10 @@ def stuck_json(s: Stuck, clock: Clock) -> dict[str, Any]:
         "role": role_name(e.role),
         "pid": e.pid or None,
         "comm": comm_text(e.comm) or None,
+        # Retransmissions in this state the daemon saw (tcp:tcp_retransmit_skb), or null.
+        "retransmits": None if s.retransmits is None else {
+            "count": s.retransmits[0], "last": round(clock.wall(s.retransmits[1]), 6)},
+        "evidence": s.evidence(at_ns),
         "rule": {
             "state": s.rule.state.name,
             "threshold_seconds": s.rule.threshold_s,
@@ -58,7 +62,7 @@ def stuck():
     return jsonify(
         scanned_at=round(clock.wall(report.at_ns), 6),
         total=len(report.stuck),
-        sockets=[stuck_json(s, clock) for s in report.stuck],
+        sockets=[stuck_json(s, clock, report.at_ns) for s in report.stuck],
         counts=[{"port": port, "state": STATE_NAMES[state], "stuck": n}
                 for (port, state), n in sorted(report.counts.items()) if n],
     )
