@@ -91,6 +91,12 @@ BPF_PERCPU_ARRAY(stats, u64, TCPSTATE_STAT_NSLOTS);
  * own: user space drops it when the copy it took holds it too. */
 BPF_F_TABLE("hash", u64, struct tcpstate_event, lives, TCPSTATE_MAX_LIVES, 0);
 
+/* shutdown() in flight, by thread -> its `how` (SHUT_WR or SHUT_RDWR; SHUT_RD sends no
+ * FIN and is not kept): the FIN transition it makes happens between its enter and exit. */
+#define SHUT_WR_   1
+#define SHUT_RDWR_ 2
+BPF_HASH(shutdown_calls, u64, u8, 4096);
+
 static __always_inline void stat_add(u32 slot, u64 n)
 {
 	u64 *v = stats.lookup(&slot);
@@ -409,11 +415,17 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 		store = inferred && newstate != ST_CLOSE;
 	}
 	/* close() or shutdown() by the socket's owner runs in process context:
-	 * the first moment the owner of an accepted socket is known for sure. */
-	if (((oldstate == ST_ESTABLISHED && newstate == ST_FIN_WAIT1) ||
-	     (oldstate == ST_CLOSE_WAIT && newstate == ST_LAST_ACK)) &&
-	    (!si->pid || (si->flags & TCPSTATE_F_OWNER_INHERITED)))
-		set_owner(si);
+	 * the first moment the owner of an accepted socket is known for sure, and the
+	 * thread's shutdown() in flight, if any, says which of the two sent our FIN. */
+	if ((oldstate == ST_ESTABLISHED && newstate == ST_FIN_WAIT1) ||
+	    (oldstate == ST_CLOSE_WAIT && newstate == ST_LAST_ACK)) {
+		if (!si->pid || (si->flags & TCPSTATE_F_OWNER_INHERITED))
+			set_owner(si);
+		u64 id = bpf_get_current_pid_tgid();
+		u8 *how = shutdown_calls.lookup(&id);
+		if (how)
+			si->flags |= *how == SHUT_RDWR_ ? TCPSTATE_F_SHUT_RDWR : TCPSTATE_F_SHUT_WR;
+	}
 
 	if (oldstate == ST_LISTEN && newstate != ST_SYN_RECV) {
 		u32 port = sport;
@@ -520,6 +532,23 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
 {
 	count(args->sport, TCPSTATE_KIND_RETRANSMIT, ST_SYN_RECV, ST_SYN_RECV);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_shutdown)
+{
+	u8 how = args->how;
+	if (how != SHUT_WR_ && how != SHUT_RDWR_)
+		return 0;
+	u64 id = bpf_get_current_pid_tgid();
+	shutdown_calls.update(&id, &how);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_shutdown)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	shutdown_calls.delete(&id);
 	return 0;
 }
 

@@ -27,6 +27,8 @@
 /* flags */
 #define TCPSTATE_F_ROLE_INFERRED   0x01 /* role guessed from listening ports, not seen */
 #define TCPSTATE_F_OWNER_INHERITED 0x02 /* pid/comm copied from the listener */
+#define TCPSTATE_F_SHUT_WR         0x04 /* our FIN came from shutdown(SHUT_WR), not close() */
+#define TCPSTATE_F_SHUT_RDWR       0x08 /* our FIN came from shutdown(SHUT_RDWR) */
 
 struct tcpstate_event {
 	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */

@@ -7,7 +7,7 @@ import time
 from typing import TextIO
 
 from tracer.core.record import AF_INET, Event, Field, comm_text, format_addr, role_name, to_json
-from tracer.core.states import STATE_NAMES, EventKind, TcpState
+from tracer.core.states import F_SHUT_RDWR, F_SHUT_WR, STATE_NAMES, EventKind, TcpState
 
 _RESET_WORDS = {EventKind.RESET_RX.value: "reset received", EventKind.RESET_TX.value: "reset sent",
                 EventKind.RETRANSMIT.value: "retransmit"}
@@ -16,6 +16,10 @@ HEADER = (f"{'TIME':<15} {'PORT':>5} {'ROLE':<8} {'PID':>7} {'COMM':<15} {'LOCAL
 
 
 _STATE = EventKind.STATE.value
+# The transitions that send our FIN: made by close() unless the record says shutdown().
+_OUR_FIN = frozenset({(TcpState.ESTABLISHED.value, TcpState.FIN_WAIT1.value),
+                      (TcpState.CLOSE_WAIT.value, TcpState.LAST_ACK.value)})
+_SHUT = F_SHUT_WR | F_SHUT_RDWR
 _CLOSE = TcpState.CLOSE.value
 _LISTEN_OR_CLOSE = frozenset({TcpState.LISTEN.value, TcpState.CLOSE.value})
 
@@ -102,6 +106,8 @@ class TransitionPrinter:
         v6 = fam != AF_INET
         if kind == EventKind.STATE.value:
             what = f"{STATE_NAMES[old]} -> {STATE_NAMES[new]}" + (" (TIME_WAIT)" if timewait else "")
+            if (old, new) in _OUR_FIN and _fl & _SHUT:
+                what += " by shutdown(SHUT_RDWR)" if _fl & F_SHUT_RDWR else " by shutdown(SHUT_WR)"
         else:
             what = _RESET_WORDS[kind] + (f" in {STATE_NAMES[old]}" if old else "")
         prev = "-" if spent_ns < 0 else f"{spent_ns / 1e6:.3f}"

@@ -164,7 +164,7 @@ def _tracefs_tree(root: Path, tracepoints: list[str]) -> Path:
     (list(tracefs.TRACEPOINTS[:5]), False,
      ["missing under", ": syscalls/sys_enter_socket, syscalls/sys_exit_socket", "CONFIG_FTRACE_SYSCALLS"]),
     (list(tracefs.TRACEPOINTS), True, ["sock/inet_sock_set_state, tcp/tcp_receive_reset, tcp/tcp_send_reset, "
-                                       "tcp/tcp_retransmit_skb", "sys_exit_bind found under"]),
+                                       "tcp/tcp_retransmit_skb", "sys_exit_shutdown found under"]),
 ])
 def test_check_tracepoints(tmp_path: Path, present: list[str] | None, ok: bool, wanted: list[str]) -> None:
     root = tmp_path if present is None else _tracefs_tree(tmp_path, present)

@@ -52,6 +52,7 @@ class OutcomesSnapshot:
     connection_durations: dict[tuple[int, int], Histogram]
     timewait_entered: dict[int, int]
     connect_failures: dict[tuple[int, str], int]
+    closes: dict[tuple[int, str, str], int]
 
 
 class Outcomes:
@@ -63,6 +64,7 @@ class Outcomes:
         self.connection_durations: dict[tuple[int, int], Histogram] = {}
         self.timewait_entered_by_port: dict[int, int] = {}
         self.connect_failures: dict[tuple[int, str], int] = {}
+        self.closes: dict[tuple[int, str, str], int] = {}  # (port, closer, how) -> connections
         # (service port, state) -> sockets that crossed that state's stuck threshold.
         self.stuck_total: dict[tuple[int, int], int] = {}
 
@@ -72,6 +74,10 @@ class Outcomes:
         if h is None:
             h = table[key] = Histogram()
         h.observe(ns)
+
+    def closed(self, port: int, closer: str, how: str, n: int = 1) -> None:
+        key = (port, closer, how)
+        self.closes[key] = self.closes.get(key, 0) + n
 
     def connect_failed(self, port: int, reason: str, n: int = 1) -> None:
         key = (port, reason)
@@ -120,4 +126,5 @@ class Outcomes:
             connection_durations={k: h.copy() for k, h in self.connection_durations.items()},
             timewait_entered=dict(self.timewait_entered_by_port),
             connect_failures=dict(self.connect_failures),
+            closes=dict(self.closes),
         )

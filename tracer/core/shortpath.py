@@ -20,14 +20,16 @@ from operator import itemgetter
 
 import numpy as np
 
+from tracer.core.closes import closer_of, how_of, sent_fin
 from tracer.core.record import MORE, RECORD_SIZE, Record, RecordBatch
-from tracer.core.states import ACTIVE_CLOSE_STATES, EventKind, Role, TcpState
+from tracer.core.states import ACTIVE_CLOSE_STATES, F_SHUT_RDWR, F_SHUT_WR, EventKind, Role, TcpState
 from tracer.core.timewait import SINCE, TimeWait
 
 _CLOSE = TcpState.CLOSE.value
 _TIME_WAIT = TcpState.TIME_WAIT.value
 _SYN_SENT = TcpState.SYN_SENT.value
 _ACTIVE_CLOSE = frozenset(int(s) for s in ACTIVE_CLOSE_STATES)
+_SHUT = F_SHUT_WR | F_SHUT_RDWR
 _LISTEN_OR_CLOSE = frozenset({TcpState.CLOSE.value, TcpState.LISTEN.value})
 _STATE = EventKind.STATE.value
 _SHIFTS = np.arange(MORE, dtype=np.uint64) * np.uint64(8)
@@ -44,6 +46,8 @@ class Plan:
     connected: bool
     to_timewait: bool
     failed: bool
+    closer: str | None = None  # who sent the first FIN (tracer/core/closes.py); None: no connection
+    fin: bool = False  # this end sent a FIN
 
 
 def _plan(first_old: int, first_new: int, codes: bytes, more: int) -> Plan | None:
@@ -60,7 +64,9 @@ def _plan(first_old: int, first_new: int, codes: bytes, more: int) -> Plan | Non
         return None
     visited = tuple(states[:-1])
     connected = any(visited[i - 1] == _SYN_SENT for i in range(1, len(visited)))
-    return Plan(visited, connected, visited[-1] in _ACTIVE_CLOSE, visited[-1] == _SYN_SENT)
+    failed = visited[-1] == _SYN_SENT
+    closer = None if failed else closer_of(visited)
+    return Plan(visited, connected, visited[-1] in _ACTIVE_CLOSE, failed, closer, sent_fin(visited))
 
 
 class ShortPath:
@@ -70,6 +76,7 @@ class ShortPath:
     def __init__(self, tracker, long: Callable[[Record], int]) -> None:
         self.table, self.tw, self.outcome, self.journal = tracker.table, tracker.tw, tracker.outcome, tracker.journal
         self.counts = tracker.counts
+        self.closes = tracker.closes
         self.max_sockets = tracker.max_sockets
         self._floors, self._min_floor = tracker._floors, tracker._min_floor
         self._apply_events = long
@@ -178,6 +185,8 @@ class ShortPath:
                 tw_rows += rows.tolist()
             if plan.connected:
                 connected[rows] = True
+            if plan.closer is not None:
+                self._closes(plan, a, rows, svc)
             if plan.failed:
                 failed_ports += svc[rows].tolist()
                 unbound += svc[rows][a["sport"][rows] == 0].tolist()
@@ -194,6 +203,19 @@ class ShortPath:
         uids = self.journal.take_uids(n)
         self._lives(batch, start, end, uids, sorted(tw_rows), connected, died)
         return n + int(more.sum())
+
+    def _closes(self, plan: Plan, a: np.ndarray, rows: np.ndarray, svc: np.ndarray) -> None:
+        """How the run's connections of one plan closed, by port and the shutdown() flags
+        of their records (a plan has no resets: those take the long path)."""
+        if not plan.fin:  # neither a FIN nor a reset yet: the kernel's reset may follow
+            closes = self.closes
+            for sk, port, ts in zip(a["skaddr"][rows].tolist(), svc[rows].tolist(),
+                                    a["more_ts"][rows, len(plan.visited) - 1].tolist()):
+                closes.closed(sk, port, plan.closer, False, 0, 0, ts)
+            return
+        shut = a["flags"][rows] & _SHUT
+        for (port, bits), k in Counter(zip(svc[rows].tolist(), shut.tolist())).items():
+            self.outcome.closed(port, plan.closer, how_of(True, bits, 0), k)
 
     def _lives(self, batch: RecordBatch, start: int, end: int, uids: range, tw_rows: list[int],
                connected: np.ndarray, died: np.ndarray) -> None:

@@ -67,7 +67,7 @@ class SocketEntry:
         self.pid = pid
         self.comm = intern(comm)
         self.flags = flags
-        self.reset = False
+        self.reset = 0  # the kind of the last reset seen (EventKind.RESET_*), 0: none
         self.netns = 0  # unknown until the kernel's table names it
         self.age_known = True
         self.expires_ns = 0  # a TIME_WAIT found in the kernel's table: when its timer ends

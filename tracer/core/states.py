@@ -54,6 +54,8 @@ class EventKind(IntEnum):
 # Record flags (bpf/tcpstates.h TCPSTATE_F_*).
 F_ROLE_INFERRED = 0x01
 F_OWNER_INHERITED = 0x02
+F_SHUT_WR = 0x04  # our FIN came from shutdown(SHUT_WR)
+F_SHUT_RDWR = 0x08  # our FIN came from shutdown(SHUT_RDWR)
 
 # An orderly active close ends in TIME_WAIT: the full socket goes from one of these
 # to CLOSE and a timewait mini-socket takes over, which the tracepoint never reports.

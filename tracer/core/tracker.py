@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tracer.core.closes import CloseTally, closer_of, sent_fin
 from tracer.core.detector import WATCHED, Report, Rules, Stuck
 from tracer.core.journal import PENDING_LIVES_MAX, Journal
 from tracer.core.kernel_socket import Conn, KernelSocket
@@ -96,6 +97,7 @@ class Tracker:
         # (service port, state) -> sockets now in it, the table's and the TIME_WAIT model's.
         self.counts: dict[tuple[int, int], int] = {}
         self.outcome = Outcomes()
+        self.closes = CloseTally(self.outcome)  # how each connection closed (tracer/core/closes.py)
         self.journal = Journal(keep_lifecycles, min(4 * max_sockets, PENDING_LIVES_MAX))
         self.table = SocketTable(max_sockets, self.counts)
         self.tw = TimeWaitModel(timewait_ns, max_sockets, self.counts, self.outcome, self.journal,
@@ -219,6 +221,8 @@ class Tracker:
                 self._end(entry, ts)
             if old == _SYN_SENT:
                 self.outcome.connect_failed(svc, _connect_failure(entry.reset, sport))
+            elif entry.role in _CONNECTION_ROLES and (closer := closer_of(states := entry.history[0::2])) is not None:
+                self.closes.closed(sk, svc, closer, sent_fin(states), flags, entry.reset, ts)
             if entry.opened and entry.role in _CONNECTION_ROLES:
                 self.outcome.observe(self.outcome.connection_durations, (svc, entry.role), ts - entry.first_ns)
         else:
@@ -291,8 +295,10 @@ class Tracker:
     def _reset(self, ev: Event) -> None:
         entry = self.table.sockets.get(ev[1])
         if entry is not None:
-            entry.reset = True
+            entry.reset = ev[9]  # its kind: which end sent it
             return
+        if self.closes.pending and self.closes.reset(ev[1], ev[9]):
+            return  # an abortive close: the kernel resets after the CLOSE
         self.tw.reset((ev[2], ev[5], ev[3], ev[6]), ev[0])
 
     def _count_stuck(self, entry: SocketEntry | TimeWait, age_ns: int) -> None:
@@ -347,7 +353,11 @@ class Tracker:
     # -- the kernel's socket table -----------------------------------------------
 
     def expire(self, now_ns: int) -> None:
-        """Ends the TIME_WAITs whose time is up."""
+        """Ends the TIME_WAITs whose time is up; counts the closes that waited for a reset
+        in vain as timeouts."""
+        if self.closes.pending:
+            with self.lock:
+                self.closes.settle(now_ns)
         if not self.tw.due(now_ns):
             return
         with self.lock:

@@ -15,7 +15,8 @@ LEGACY = Path("/sys/kernel/debug/tracing")
 TRACEPOINTS = ("sock/inet_sock_set_state", "tcp/tcp_receive_reset", "tcp/tcp_send_reset",
                "tcp/tcp_retransmit_skb", "tcp/tcp_retransmit_synack",
                "syscalls/sys_enter_socket", "syscalls/sys_exit_socket", "syscalls/sys_enter_setsockopt",
-               "syscalls/sys_enter_bind", "syscalls/sys_exit_bind")
+               "syscalls/sys_enter_bind", "syscalls/sys_exit_bind",
+               "syscalls/sys_enter_shutdown", "syscalls/sys_exit_shutdown")
 
 
 class TracefsError(RuntimeError):

@@ -107,6 +107,12 @@ class TableFamilies:
             "no_local_port (EADDRNOTAVAIL: no free local port toward that destination, TIME_WAIT most often) "
             "or timeout (no answer; an application giving up on a pending connect counts here too)",
             ["port", "reason"], fold(failures, label))
+        yield counter(
+            "tcpstate_closes",
+            "Connections closed, by who sent the first FIN (local: this end; peer; simultaneous; none: "
+            "no FIN) and how this end finished: close, shutdown_wr, shutdown_rdwr (our FIN from "
+            "shutdown()), reset_sent (SO_LINGER 0 or unread data), reset_received, timeout",
+            ["port", "closer", "how"], fold(o.closes, label))
         if snap.report is not None:
             yield from self._stuck_families(snap.report, snap.stuck_totals)
         yield counter("tcpstate_events_received", "Events the core received from the kernel",
