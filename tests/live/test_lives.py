@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 from tests.live import traffic
-from tracer.core import record
+from tracer.core import record, states
 from tracer.core.states import TcpState
 
 CLIENT = [("CLOSE", "SYN_SENT"), ("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"),
@@ -117,8 +117,9 @@ def test_a_taken_socket_keeps_its_role_and_owner_after_its_listener_is_gone(sour
     seen = {(TcpState(ev[10]).name, TcpState(ev[11]).name):
             (ev[record.Field.ROLE], ev[record.Field.PID], ev[record.Field.FLAGS]) for ev in events}
     me = os.getpid()
-    # role, owner, flags (no inferred role; the accepted socket's owner seen in its close)
+    # role, owner, flags (no inferred role; the accepted socket's owner seen in its close; the
+    # client's FIN came from shutdown(SHUT_WR), which its records say from then on)
     assert seen[("LISTEN", "CLOSE")] == (3, me, 0)
-    assert seen[("ESTABLISHED", "FIN_WAIT1")] == seen[("FIN_WAIT2", "CLOSE")] == (1, me, 0)
+    assert seen[("ESTABLISHED", "FIN_WAIT1")] == seen[("FIN_WAIT2", "CLOSE")] == (1, me, states.F_SHUT_WR)
     assert seen[("ESTABLISHED", "CLOSE_WAIT")] == (2, me, 2)  # still the listener's, inherited
     assert seen[("CLOSE_WAIT", "LAST_ACK")] == seen[("LAST_ACK", "CLOSE")] == (2, me, 0)
