@@ -191,3 +191,24 @@ def test_the_counter_has_a_series_per_port_and_holder(feed):
         ("tcpstate_bind_conflicts_total", (("holder", "none"), ("port", "9090"))): 1,
         ("tcpstate_bind_conflicts_unexplained_total", ()): 2,
     }
+
+
+def test_conflicts_and_port_print_as_tables(client):
+    import io
+
+    from tracer.console import print_conflicts, print_port
+
+    out = io.StringIO()
+    print_conflicts(client.get("/api/v1/bind-conflicts").get_json(), out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["TIME", "PORT", "ADDRESS", "PID", "COMM", "NETNS", "OPTS", "HOLDER"]
+    row = next(i for i, line in enumerate(lines) if " 8080 " in line)
+    assert "time_wait (3)" in lines[row] and "4026531840?" in lines[row]  # inferred: the caller had gone
+    assert lines[row + 1].startswith("    3 connection(s) in TIME_WAIT hold port 8080")
+    assert "reuseaddr" in next(line for line in lines if " 9090 " in line)
+    empty = io.StringIO()
+    print_conflicts({"conflicts": []}, empty)
+    assert empty.getvalue() == "no bind conflicts since the daemon started\n"
+    free = io.StringIO()
+    print_port(8080, [], free)
+    assert free.getvalue() == "port 8080: free in every network namespace (no TCP socket holds it)\n"
