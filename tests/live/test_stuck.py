@@ -83,6 +83,7 @@ def test_half_close_lingers_in_fin_wait2_and_is_flagged(short_daemon: Daemon):
         s = wait_stuck(short_daemon, at(client, "FIN_WAIT2", sc.client_port, port), "FIN_WAIT2", 10)
         assert s["role"] == "active" and s["pid"] == sc.client_pid
         assert "half-closed" in s["rule"]["description"]
+        assert "half-closed by shutdown(), its owner still holds it open" in s["evidence"]
         # Its peer, which never closes, is a CLOSE_WAIT leak in the other namespace.
         wait_stuck(short_daemon, at(server, "CLOSE_WAIT", port, sc.client_port), "peer CLOSE_WAIT", 10)
         text = Daemon.metrics(short_daemon)

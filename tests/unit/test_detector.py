@@ -355,3 +355,18 @@ def test_a_retransmission_of_a_socket_not_tracked_is_ignored(event):
     t = tracker()
     retransmit(t, event, 0x99, S.LAST_ACK, 1.0)
     assert t.scan(2 * SEC).stuck == [] and 0x99 not in t.table.sockets
+
+
+def test_a_fin_wait2_half_closed_by_shutdown_says_so(event):
+    from tracer.core.states import F_SHUT_WR
+
+    t = tracker(states={"FIN_WAIT2": 5})
+    for sk, flags in ((0x30, F_SHUT_WR), (0x31, 0)):
+        for old, new in [(S.CLOSE, S.SYN_SENT), (S.SYN_SENT, S.ESTABLISHED), (S.ESTABLISHED, S.FIN_WAIT1),
+                         (S.FIN_WAIT1, S.FIN_WAIT2)]:
+            t.apply(event(sk, old, new, ts_ns=0, sport=40000 + sk, dport=8080, service_port=8080,
+                          role=Role.ACTIVE, flags=flags if new in (S.FIN_WAIT1, S.FIN_WAIT2) else 0))
+    shut, closed = sorted(t.scan(6 * SEC).stuck, key=lambda s: s.entry.sk)
+    assert shut.evidence(6 * SEC) == ("FIN_WAIT2 for 6 s, longer than 5 s: half-closed by shutdown(), its owner "
+                                      "still holds it open and may still read; the peer has not sent its FIN")
+    assert closed.evidence(6 * SEC) == "FIN_WAIT2 for 6 s, longer than 5 s: half-closed: the peer never sent its FIN"

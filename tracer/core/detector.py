@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tracer.core.states import TcpState
+from tracer.core.states import F_SHUT_RDWR, F_SHUT_WR, TcpState
 
 WATCHED: tuple[TcpState, ...] = (
     TcpState.LAST_ACK, TcpState.TIME_WAIT, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT1,
@@ -110,6 +110,7 @@ class Stuck:
     age_ns: int
     # (segments retransmitted in this state, when the last was) at the scan; None: none seen
     retransmits: tuple[int, int] | None = None
+    flags: int = 0  # the socket's record flags (TCPSTATE_F_*) at the scan: how its FIN was sent
 
     def evidence(self, now_ns: int) -> str:
         """What was seen, in one line: "LAST_ACK for 63 s: our FIN retransmitted 7 times
@@ -117,6 +118,9 @@ class Stuck:
         state's age and what it means."""
         state = self.rule.state
         head = f"{state.name} for {self.age_ns / 1e9:.0f} s"
+        if state == TcpState.FIN_WAIT2 and self.flags & (F_SHUT_WR | F_SHUT_RDWR):
+            return (f"{head}, longer than {self.rule.limit()}: half-closed by shutdown(), its owner still "
+                    "holds it open and may still read; the peer has not sent its FIN")
         if self.retransmits is None:
             return f"{head}, longer than {self.rule.limit()}: {WHY[state]}"
         n, last_ns = self.retransmits
