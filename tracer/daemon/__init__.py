@@ -3,7 +3,8 @@
 One writer thread owns the tracker (pipeline.py, the event reader); one
 housekeeping thread runs everything off the event path (housekeeper.py: the stuck
 scan, the kernel-table reconcile, the timeline's writes, the loss log); one thread
-explains refused bind() calls (conflicts.py); the web server reads snapshots. start() builds and starts them, run() serves until a signal.
+explains refused bind() calls (conflicts.py); the web server reads snapshots.
+start() builds and starts them, run() serves until a signal.
 """
 
 from __future__ import annotations
