@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from tests.live import traffic
 from tracer.core import record, states
-from tracer.core.states import TcpState
+from tracer.core.states import EventKind, TcpState
 
 CLIENT = [("CLOSE", "SYN_SENT"), ("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"),
           ("FIN_WAIT1", "FIN_WAIT2"), ("FIN_WAIT2", "CLOSE")]
@@ -41,8 +41,10 @@ def collect(source, port: int, seconds: float) -> list[tuple]:
 
 
 def path(recs: list[tuple], sk: int) -> list[tuple[str, str]]:
+    """The socket's state transitions, in order (its resets and retransmissions left out)."""
     return [(TcpState(ev[10]).name, TcpState(ev[11]).name)
-            for r in recs if r[record.Field.SK] == sk for ev in record.events_of(r)]
+            for r in recs if r[record.Field.SK] == sk for ev in record.events_of(r)
+            if ev[record.Field.KIND] == 0]
 
 
 def transitions(recs: list[tuple]) -> int:
@@ -51,20 +53,33 @@ def transitions(recs: list[tuple]) -> int:
     return sum(1 for r in recs for ev in record.events_of(r) if ev[record.Field.KIND] == 0)
 
 
+def kernel_count(source, port: int, kind: int) -> int:
+    """Events of this kind the program counted on this service port (a SYN-ACK's
+    retransmission, counted as SYN_RECV, belongs to no socket's records)."""
+    return sum(n for (p, k, old, _new), n in source.transition_counts().items()
+               if p == port and k == kind and not (k == EventKind.RETRANSMIT and old == TcpState.SYN_RECV))
+
+
 def kernel_transitions(source, port: int) -> int:
-    return sum(n for (p, kind, _old, _new), n in source.transition_counts().items() if p == port and kind == 0)
+    return kernel_count(source, port, 0)
 
 
 def test_short_lives_arrive_whole_one_record_a_socket(source):
     port = traffic.quiet_port()
     before = kernel_transitions(source, port)
+    before_rtx = kernel_count(source, port, EventKind.RETRANSMIT.value)
     traffic.client_closed(port, 50)
     recs = collect(source, port, 0.6)
     lives = [r for r in recs if r[record.MORE_AT] and r[record.Field.ROLE] != 3]
-    # 50 clients and 50 accepted sockets, each one record of five transitions (the
-    # listener's LISTEN and CLOSE are a record too)
-    assert len(lives) == 100 and {r[record.MORE_AT] for r in lives} == {4}
+    # 50 clients and 50 accepted sockets, each one record of its five transitions (the
+    # listener's LISTEN and CLOSE are a record too). A loaded host now and then retransmits
+    # a segment even on loopback: it rides in its socket's life, counted by the program.
+    assert len(lives) == 100
     assert Counter(tuple(path([r], r[record.Field.SK])) for r in lives) == {tuple(CLIENT): 50, tuple(SERVER): 50}
+    extra = Counter(ev[record.Field.KIND] for r in recs for ev in record.events_of(r)
+                    if ev[record.Field.KIND] != 0)
+    assert set(extra) <= {EventKind.RETRANSMIT.value}
+    assert extra[EventKind.RETRANSMIT.value] == kernel_count(source, port, EventKind.RETRANSMIT.value) - before_rtx
     assert transitions(recs) == kernel_transitions(source, port) - before  # the listener's two included
 
 
