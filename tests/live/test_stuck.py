@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.live import netns, traffic
+from tests.live.netns import wait_until
 from tests.live.conftest import ROOT, Daemon, http_get, start_daemon, stop_daemon, tracer_cmd
 from tests.live.observe import samples
 
@@ -104,6 +105,14 @@ def test_lost_final_ack_leaves_last_ack_and_rearmed_timewait(short_daemon: Daemo
         cli = subprocess.run(tracer_cmd("stuck", "--web.listen-address", short_daemon.url.removeprefix("http://")),
                              cwd=ROOT, capture_output=True, text=True, timeout=30)
         text = Daemon.metrics(short_daemon)
+        # Its life in the timeline carries the same retransmitted FINs, each with its time.
+        life = wait_until(lambda: fins_stored(short_daemon, port, sc.client_port, last_ack["retransmits"]["count"]),
+                          "the LAST_ACK socket's retransmissions stored", timeout=10)
+    assert life["how"] == "close" and life["closer"] == "peer" and life["open"]
+    last_ack_since = next(s["since"] for s in life["states"] if s["state"] == "LAST_ACK")
+    assert all(m["kind"] == "retransmit" and m["state"] == "LAST_ACK" and m["at"] > last_ack_since
+               for m in life["marks"])
+    assert [m["at"] for m in life["marks"]] == sorted(m["at"] for m in life["marks"])
     assert last_ack["role"] == "passive" and last_ack["service_port"] == port
     assert "FIN is never acknowledged" in last_ack["rule"]["description"]
     # The evidence: the FIN the server retransmits in LAST_ACK (tcp:tcp_retransmit_skb), counted
@@ -120,6 +129,17 @@ def test_lost_final_ack_leaves_last_ack_and_rearmed_timewait(short_daemon: Daemo
     rows = [line for line in cli.stdout.splitlines() if f"{server_ip}:{port}" in line or f":{port} " in line]
     assert any(line.startswith("LAST_ACK") and "our FIN retransmitted" in line for line in rows), cli.stdout
     assert any(line.startswith("TIME_WAIT") for line in rows), cli.stdout
+
+
+def fins_stored(daemon: Daemon, port: int, peer_port: int, at_least: int) -> dict | None:
+    """The timeline's life of the server's socket of this connection, once it holds at
+    least ``at_least`` retransmissions."""
+    status, body = http_get(f"{daemon.url}/api/v1/sockets?port={port}&state=LAST_ACK&limit=100")
+    assert status == 200, body
+    for s in json.loads(body)["sockets"]:
+        if s["lport"] == port and s["rport"] == peer_port and len(s["marks"]) >= at_least:
+            return s
+    return None
 
 
 def test_sockets_open_before_the_start_are_counted_at_once(live_host, tmp_path: Path):

@@ -34,7 +34,7 @@ def raw_addr(text: str, family: int) -> bytes:
 def life(id: int, start: float = 1000.0, states=CLIENT_CLOSE, *, open: bool = False, laddr: str = "127.0.0.1",
          lport: int = 40000, raddr: str = "127.0.0.1", rport: int = 8080, port: int | None = None,
          role: str = "active", netns: int | None = None, family: str | None = None, pid: int | None = 4242,
-         comm: str | None = "curl") -> RawLife:
+         comm: str | None = "curl", how: int = 0, marks: tuple[int, ...] = ()) -> RawLife:
     """A socket's life from (state, seconds in it) pairs, starting at Unix time ``start``;
     an open one is still in its last state. ``family`` defaults to the addresses'
     (``"ipv6"`` keeps an IPv4-mapped address as the kernel reports it on an IPv6 socket)."""
@@ -48,7 +48,7 @@ def life(id: int, start: float = 1000.0, states=CLIENT_CLOSE, *, open: bool = Fa
                    daddr=raw_addr(raddr, fam), dport=rport, role=_ROLES[role],
                    service_port=rport if port is None else port, pid=pid or 0,
                    comm=(comm or "").encode().ljust(16, b"\0"), history=tuple(history),
-                   end_ns=None if open else us * 1000 - OFFSET_NS)
+                   end_ns=None if open else us * 1000 - OFFSET_NS, how=how, marks=marks)
 
 
 def read(raw: RawLife) -> Lifecycle:

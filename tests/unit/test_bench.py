@@ -24,7 +24,7 @@ SEC = 10**9
 
 def raw(uid, port, role, states, start_ns, end_ns=None):
     history = tuple(x for i, s in enumerate(states) for x in (s.value, start_ns + i * 1000))
-    return (uid, 0, 2, LOOP, 40000 + uid, LOOP, port, role.value, port, 7, COMM, history, end_ns)
+    return (uid, 0, 2, LOOP, 40000 + uid, LOOP, port, role.value, port, 7, COMM, history, end_ns, 0, ())
 
 
 def test_stored_transitions_counts_each_span_and_the_final_close(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ import pytest
 from tests.conftest import make_event
 from tests.unit.tracker_state import tracker_state
 from tracer.core import record
+from tracer.core.closes import HOW_NAMES
 from tracer.core.detector import Rules
-from tracer.core.states import EventKind, Role, TcpState as S
+from tracer.core.states import F_SHUT_WR, EventKind, Role, TcpState as S
 from tracer.core.tracker import Tracker
 
 TW_NS = 60 * 10**9
@@ -48,8 +49,11 @@ def assemble(events: list, take_every: int = 0, seed: int = 1) -> list[bytes]:
 
 
 def connection(i: int, t0: int, *, client_closes: bool = True, reset: bool = False,
-               refused: bool = False, timeout: bool = False, step: int = 1000) -> list:
-    """Both sockets of loopback connection i, in time order."""
+               refused: bool = False, timeout: bool = False, abort: bool = False, shut: bool = False,
+               step: int = 1000) -> list:
+    """Both sockets of loopback connection i, in time order. ``abort``: the client
+    closes with SO_LINGER 0 (its reset comes after its CLOSE); ``shut``: the closer's
+    FIN comes from shutdown(SHUT_WR)."""
     c, s = 0x1000 + 2 * i, 0x1001 + 2 * i
     cport = 40000 + i
     cli = dict(sport=cport, dport=20001, service_port=20001, role=Role.ACTIVE, pid=10, comm=b"client")
@@ -70,7 +74,14 @@ def connection(i: int, t0: int, *, client_closes: bool = True, reset: bool = Fal
         return evs + [make_event(s, S.ESTABLISHED, S.CLOSE, ts_ns=next(t), **srv),
                       make_event(c, 0, 0, kind=EventKind.RESET_RX, ts_ns=next(t), **cli),
                       make_event(c, S.ESTABLISHED, S.CLOSE, ts_ns=next(t), **cli)]
+    if abort:
+        return evs + [make_event(c, S.ESTABLISHED, S.CLOSE, ts_ns=next(t), **cli),
+                      make_event(c, S.ESTABLISHED, S.ESTABLISHED, kind=EventKind.RESET_TX, ts_ns=next(t), **cli),
+                      make_event(s, 0, 0, kind=EventKind.RESET_RX, ts_ns=next(t), **srv),
+                      make_event(s, S.ESTABLISHED, S.CLOSE, ts_ns=next(t), **srv)]
     a, b, ak, bk = (c, s, cli, srv) if client_closes else (s, c, srv, cli)
+    if shut:  # the program keeps the flag on the socket from its FIN on
+        ak = dict(ak, flags=F_SHUT_WR)
     return evs + [make_event(a, S.ESTABLISHED, S.FIN_WAIT1, ts_ns=next(t), **ak),
                   make_event(b, S.ESTABLISHED, S.CLOSE_WAIT, ts_ns=next(t), **bk),
                   make_event(a, S.FIN_WAIT1, S.FIN_WAIT2, ts_ns=next(t), **ak),
@@ -86,9 +97,10 @@ def workload(n: int = 60, seed: int = 7, step: int = 1000) -> list:
                           role=Role.LISTENER, pid=20, comm=b"server")
     evs = []
     for i in range(n):
-        kind = rng.choice(["client", "server", "reset", "refused", "timeout"])
+        kind = rng.choice(["client", "server", "reset", "refused", "timeout", "abort", "shutdown"])
         conn = connection(i % (n // 2), 10 + i * 3 * step, client_closes=kind != "server",
-                          reset=kind == "reset", refused=kind == "refused", timeout=kind == "timeout", step=step)
+                          reset=kind == "reset", refused=kind == "refused", timeout=kind == "timeout",
+                          abort=kind == "abort", shut=kind == "shutdown", step=step)
         evs += [(ev[0], ev[1] + (i << 20), *ev[2:]) for ev in conn]
     evs.sort(key=lambda ev: ev[0])
     return [listener] + evs
@@ -111,6 +123,34 @@ def test_lives_in_one_record_leave_what_their_events_leave(take_every):
     assert whole == one_by_one
     assert {"timeout", "refused"} <= {reason for _, reason in whole["failures"]}
     assert whole["stats"].events == len(workload())
+    assert {how for _, _, how in whole["closes"]} == {"close", "shutdown_wr", "reset_sent", "reset_received", "timeout"}
+
+
+def test_each_stored_life_says_how_its_end_closed():
+    """The timeline's lives carry how each end finished, the same from the short path
+    as one by one: a late reset (SO_LINGER 0) tells its life before the life goes on."""
+    t = 10_000
+    kinds = {"close": {}, "shut": {"shut": True}, "abort": {"abort": True}, "peer": {"client_closes": False}}
+    events, ids = [], {}
+    for i, (name, kw) in enumerate(kinds.items()):
+        conn = connection(i, t + i * 100_000, **kw)
+        ids[name] = conn[0][1]
+        events += conn
+    trackers = [Tracker(TW_NS, 100, keep_lifecycles=True) for _ in range(2)]
+    records = [record.unpack(r) for r in assemble(events)]
+    trackers[0].apply_batch([ev for rec in records for ev in record.events_of(rec)])
+    trackers[1].apply_records(records)
+    for tracker in trackers:
+        tracker.expire(10**13)
+        by_sk = {}
+        for life in tracker.drain_raw():
+            by_sk.setdefault(life[4], []).append(life)  # by local port
+        hows = {name: [HOW_NAMES[life[13]] for life in by_sk[40000 + i] if life[12] is not None][-1]
+                for i, name in enumerate(kinds)}
+        assert hows == {"close": "close", "shut": "shutdown_wr", "abort": "reset_sent", "peer": "close"}
+        server = {name: [HOW_NAMES[life[13]] for life in by_sk[20001] if life[6] == 40000 + i][-1]
+                  for i, name in enumerate(kinds)}
+        assert server == {"close": "close", "shut": "close", "abort": "reset_received", "peer": "close"}
 
 
 def test_a_life_stuck_on_the_way_is_counted_as_stuck():
@@ -180,9 +220,9 @@ def test_a_socket_born_at_the_address_of_an_unfinished_one_ends_it():
     assert tracker.table.sockets == {} and tracker.tw.now == 1
     assert tracker.counts[(20001, S.FIN_WAIT1.value)] == 0
     lives = tracker.drain_raw()
-    ended = [life for life in lives if life[-1] is not None]
+    ended = [life for life in lives if life[12] is not None]
     assert [life[11][0::2] for life in ended] == [(S.SYN_SENT, S.ESTABLISHED, S.FIN_WAIT1)]
-    assert ended[0][-1] == again[0][0]  # ended when the next socket was born
+    assert ended[0][12] == again[0][0]  # ended when the next socket was born
 
 
 def test_the_twin_of_a_transition_a_taken_life_holds_is_dropped():

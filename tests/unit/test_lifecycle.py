@@ -124,13 +124,14 @@ def test_the_trackers_plain_tuples_are_raw_lives_field_by_field():
             assert life.sport == 20001
 
 
-@pytest.mark.parametrize("spans", [1, 5, 9])
-def test_an_ended_life_packed_for_the_store_comes_back_the_same(spans):
-    from tracer.core.lifecycle import pack_ended, unpack_ended
+@pytest.mark.parametrize("spans, marks", [(1, ()), (5, (0, 3, 9, 10**15 + 1)), (9, (7, 3, 9, 1, 1, 9, 2))])
+def test_an_ended_life_packed_for_the_store_comes_back_the_same(spans, marks):
+    from tracer.core.lifecycle import ended_with_how, pack_ended, unpack_ended
 
     history = tuple(x for i in range(spans) for x in ((i % 11) + 1, 10**15 + i * 1000))
     raw = (2**40 + 7, 4026531840, 10, bytes(range(16)), 40000, bytes(16), 443, 2, 443, 4242,
-           b"nginx".ljust(16, b"\0"), history, 10**15 + spans * 1000)
+           b"nginx".ljust(16, b"\0"), history, 10**15 + spans * 1000, 1, marks)
     packed = pack_ended(raw)
     assert unpack_ended(packed) == raw
-    assert len(packed) < 100 + 9 * spans
+    assert len(packed) < 100 + 9 * spans + 8 * len(marks)
+    assert unpack_ended(ended_with_how(packed, 6)) == (*raw[:13], 6, marks)  # a late reset's verdict

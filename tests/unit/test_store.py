@@ -571,15 +571,20 @@ def test_what_is_stored_is_the_lifecycle_of_the_raw_life_to_the_microsecond(stor
     comm = b"curl".ljust(16, b"\0")
     lives = [
         (1, 0, 2, loop4, 40000, loop4, 443, 1, 443, 99, comm,
-         (S.SYN_SENT.value, 5_000_000_001, S.ESTABLISHED.value, 5_000_250_999,
-          S.TIME_WAIT.value, 6_000_000_500), None),
+         (S.SYN_SENT.value, 5_000_000_001, S.ESTABLISHED.value, 5_000_250_999, S.FIN_WAIT1.value, 5_500_000_000,
+          S.TIME_WAIT.value, 6_000_000_500), None, 2, (0, 3, S.FIN_WAIT1.value, 5_700_000_001)),  # shutdown_wr
         (2, 4026531840, 10, peer6, 8080, peer6, 51000, 2, 8080, 0, bytes(16),
-         (S.SYN_RECV.value, 7_000_000_000, S.CLOSE_WAIT.value, 7_100_000_000), 9_000_000_999),
+         (S.SYN_RECV.value, 7_000_000_000, S.CLOSE_WAIT.value, 7_100_000_000), 9_000_000_999, 5,  # reset_received
+         (4, 3, S.CLOSE_WAIT.value, 7_200_000_000, 1, S.CLOSE_WAIT.value, 8_999_999_999)),
     ]
     store.write(lives, offset)
     for r in lives:
         got, want = store.get(r[0]), from_raw(r, lambda ns: (ns + offset) / 1e9)
-        assert {**got.to_json(), "states": None} == {**want.to_json(), "states": None}
+        times = ("states", "marks", "one_way")
+        assert {**got.to_json(), **dict.fromkeys(times)} == {**want.to_json(), **dict.fromkeys(times)}
+        assert [(m.kind, m.state) for m in got.marks] == [(m.kind, m.state) for m in want.marks]
+        assert all(abs(us(a.at) - us(b.at)) <= 1 for a, b in zip(got.marks, want.marks, strict=True))
+        assert got.one_way is not None and abs(us(got.one_way[0]) - us(want.one_way[0])) <= 1
         assert [s.state for s in got.states] == [s.state for s in want.states]
         for a, b in zip(got.states, want.states, strict=True):
             assert abs(us(a.since) - us(b.since)) <= 1 and (a.until is None) == (b.until is None)
@@ -589,3 +594,7 @@ def test_what_is_stored_is_the_lifecycle_of_the_raw_life_to_the_microsecond(stor
         assert r[0] in ids(store.query(addr=got.laddr)) and r[0] in ids(store.query(addr=got.raddr))
         for s in got.states:
             assert r[0] in ids(store.query(state=s.state))
+    client, server = store.get(1), store.get(2)
+    assert (client.closer, client.how, server.closer, server.how) == ("local", "shutdown_wr", "peer", "reset_received")
+    assert abs(us(client.one_way[1] - client.one_way[0]) - 500_000) <= 2  # FIN_WAIT1 to TIME_WAIT
+    assert [m.kind for m in server.marks] == ["retransmit", "reset_received"] and server.marks_dropped == 4

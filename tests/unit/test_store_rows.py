@@ -73,7 +73,7 @@ def test_times_are_floored_to_the_microsecond_after_the_offset(since, end, offse
     states = (S.ESTABLISHED.value, S.CLOSE_WAIT.value)[:len(since)]
     history = tuple(x for state, t in zip(states, since) for x in (state, t))
     raw = (1, 0, AF_INET, raw_addr("10.0.0.1", AF_INET), 1, raw_addr("10.0.0.2", AF_INET), 2, 1, 2, 0,
-           bytes(16), history, end)
+           bytes(16), history, end, 0, ())
     row = dict(zip(WRITTEN, rows.row(raw, offset)))
     assert (row["started"], row["ended"], row["open"]) == (started, ended, 1 if end is None else 0)
     assert json.loads(row["spans"]) == spans

@@ -16,6 +16,7 @@ def tracker_state(tracker: Tracker, lives_in_order: bool = True) -> dict:
         "durations": {k: (h.counts, h.sum_ns) for k, h in tracker.outcome.state_durations.items()},
         "connections": {k: (h.counts, h.sum_ns) for k, h in tracker.outcome.connection_durations.items()},
         "failures": tracker.outcome.connect_failures,
+        "closes": tracker.outcome.closes,
         "timewait": tracker.outcome.timewait_entered_by_port,
         "stuck": tracker.outcome.stuck_total,
         "sockets": sorted(tracker.table.sockets),

@@ -17,12 +17,16 @@ Only connections count: sockets that reached ESTABLISHED.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from tracer.core.states import F_SHUT_RDWR, F_SHUT_WR, EventKind, TcpState
 
 CLOSERS = ("local", "peer", "simultaneous", "none")
 HOWS = ("close", "shutdown_wr", "shutdown_rdwr", "reset_sent", "reset_received", "timeout")
+# A life carries how it closed as a small code (lifecycle.RawLife.how): 0 while that
+# is not known (an open socket that sent no FIN yet, a listener, a failed connect).
+HOW_CODES = {how: i for i, how in enumerate(HOWS, 1)}
+HOW_NAMES: tuple[str | None, ...] = (None, *HOWS)
 
 _ESTABLISHED = TcpState.ESTABLISHED.value
 _FIN_WAIT1 = TcpState.FIN_WAIT1.value
@@ -74,39 +78,61 @@ def how_of(fin: bool, flags: int, reset_kind: int) -> str | None:
     return "close"
 
 
+def how_code(states: Iterable[int], flags: int, reset_kind: int) -> int:
+    """The life's code of how this end finished (HOW_CODES), 0 while not known."""
+    how = how_of(sent_fin(states), flags, reset_kind)
+    return 0 if how is None else HOW_CODES[how]
+
+
 class CloseTally:
     """Counts each connection's close into ``outcome`` (Outcomes.closed) as its socket
     reaches CLOSE. One that closed with neither a FIN of ours nor a reset waits
     here: the kernel sends an abortive close's reset right after the CLOSE, when the
     socket is gone from the table; it is counted when that reset comes, or as a
-    timeout once GRACE_NS has passed without one."""
+    timeout once GRACE_NS has passed without one. Its life for the timeline waits with
+    it and goes to ``pend(life, how code)`` once how it closed is known, so that its
+    row is written once, and right."""
 
     GRACE_NS = 1_000_000_000
     MAX_PENDING = 1 << 16  # past it the oldest waiting are counted as timeouts
 
-    def __init__(self, outcome) -> None:
+    def __init__(self, outcome, pend: Callable[[object, int], None] | None = None) -> None:
         self.outcome = outcome
-        self.pending: dict[int, tuple[int, str, int]] = {}  # socket -> (port, closer, closed at), oldest first
+        self.pend = pend
+        # socket -> (port, closer, closed at, its life for the journal or None), oldest first
+        self.pending: dict[int, tuple[int, str, int, bytes | tuple | None]] = {}
 
     def closed(self, sk: int, port: int, closer: str, fin: bool, flags: int, reset_kind: int, ts: int) -> None:
+        """A connection without a life waiting (the journal keeps none) closed."""
         how = how_of(fin, flags, reset_kind)
         if how is not None:
             self.outcome.closed(port, closer, how)
-            return
+        else:
+            self.wait(sk, port, closer, ts, None)
+
+    def wait(self, sk: int, port: int, closer: str, ts: int, life: bytes | tuple | None) -> None:
+        """A connection that closed with neither a FIN of ours nor a reset: how is told
+        by what follows (``reset``, ``settle``); ``life`` waits for it."""
         pending = self.pending
-        pending.pop(sk, None)
-        pending[sk] = (port, closer, ts)
+        earlier = pending.pop(sk, None)
+        if earlier is not None:  # its address was reused before a reset came: that one timed out
+            self._finish(earlier, "timeout")
+        pending[sk] = (port, closer, ts, life)
         if len(pending) > self.MAX_PENDING:
-            old = next(iter(pending))
-            p, c, _ = pending.pop(old)
-            self.outcome.closed(p, c, "timeout")
+            self._finish(pending.pop(next(iter(pending))), "timeout")
+
+    def _finish(self, waiting: tuple, how: str) -> None:
+        port, closer, _ts, life = waiting
+        self.outcome.closed(port, closer, how)
+        if life is not None and self.pend is not None:
+            self.pend(life, HOW_CODES[how])
 
     def reset(self, sk: int, kind: int) -> bool:
         """A reset of a socket no longer in the table: True when it ends a close waiting here."""
         got = self.pending.pop(sk, None)
         if got is None:
             return False
-        self.outcome.closed(got[0], got[1], "reset_received" if kind == _RESET_RX else "reset_sent")
+        self._finish(got, "reset_received" if kind == _RESET_RX else "reset_sent")
         return True
 
     def settle(self, now_ns: int) -> None:
@@ -114,8 +140,14 @@ class CloseTally:
         pending = self.pending
         while pending:
             sk = next(iter(pending))
-            port, closer, ts = pending[sk]
-            if now_ns - ts < self.GRACE_NS:
+            if now_ns - pending[sk][2] < self.GRACE_NS:
                 return
-            del pending[sk]
-            self.outcome.closed(port, closer, "timeout")
+            self._finish(pending.pop(sk), "timeout")
+
+    def release(self) -> None:
+        """The daemon stops: the waiting lives go as they are, how they closed not known."""
+        pending, self.pending = self.pending, {}
+        if self.pend is not None:
+            for _port, _closer, _ts, life in pending.values():
+                if life is not None:
+                    self.pend(life, 0)

@@ -172,6 +172,8 @@ class ShortPath:
         connected = np.zeros(n, dtype=bool)
         failed_ports: list[int] = []
         unbound: list[int] = []  # of those, connects that never had a local port: none was free
+        uids = self.journal.take_uids(n)
+        waiting = np.zeros(n, dtype=bool)  # closes whose late reset tells how: their lives wait
         for p in np.unique(run_which).tolist():
             plan = plans[p]
             rows = np.flatnonzero(run_which == p)
@@ -186,7 +188,9 @@ class ShortPath:
             if plan.connected:
                 connected[rows] = True
             if plan.closer is not None:
-                self._closes(plan, a, rows, svc)
+                if not plan.fin:
+                    waiting[rows] = True
+                self._closes(plan, a, rows, svc, batch, start, uids)
             if plan.failed:
                 failed_ports += svc[rows].tolist()
                 unbound += svc[rows][a["sport"][rows] == 0].tolist()
@@ -200,27 +204,30 @@ class ShortPath:
                 outcome.connect_failed(port, "timeout", k - no_port[port])
         for port, k in no_port.items():
             outcome.connect_failed(port, "no_local_port", k)
-        uids = self.journal.take_uids(n)
-        self._lives(batch, start, end, uids, sorted(tw_rows), connected, died)
+        self._lives(batch, start, end, uids, sorted(tw_rows), connected, died, waiting)
         return n + int(more.sum())
 
-    def _closes(self, plan: Plan, a: np.ndarray, rows: np.ndarray, svc: np.ndarray) -> None:
+    def _closes(self, plan: Plan, a: np.ndarray, rows: np.ndarray, svc: np.ndarray, batch: RecordBatch,
+                start: int, uids: range) -> None:
         """How the run's connections of one plan closed, by port and the shutdown() flags
         of their records (a plan has no resets: those take the long path)."""
         if not plan.fin:  # neither a FIN nor a reset yet: the kernel's reset may follow
-            closes = self.closes
-            for sk, port, ts in zip(a["skaddr"][rows].tolist(), svc[rows].tolist(),
-                                    a["more_ts"][rows, len(plan.visited) - 1].tolist()):
-                closes.closed(sk, port, plan.closer, False, 0, 0, ts)
+            closes, keep = self.closes, self.journal.keep
+            first = start * batch.stride + batch.header
+            for i, sk, port, ts in zip(rows.tolist(), a["skaddr"][rows].tolist(), svc[rows].tolist(),
+                                       a["more_ts"][rows, len(plan.visited) - 1].tolist()):
+                life = (uids[i], 0, batch.data, first + i * batch.stride, False, None) if keep else None
+                closes.wait(sk, port, plan.closer, ts, life)
             return
         shut = a["flags"][rows] & _SHUT
         for (port, bits), k in Counter(zip(svc[rows].tolist(), shut.tolist())).items():
             self.outcome.closed(port, plan.closer, how_of(True, bits, 0), k)
 
     def _lives(self, batch: RecordBatch, start: int, end: int, uids: range, tw_rows: list[int],
-               connected: np.ndarray, died: np.ndarray) -> None:
+               connected: np.ndarray, died: np.ndarray, waiting: np.ndarray) -> None:
         """The run's TIME_WAIT model and journal: connections that take over a
-        TIME_WAIT end it, lives that close actively enter TIME_WAIT, the others end."""
+        TIME_WAIT end it, lives that close actively enter TIME_WAIT, the others end
+        (those ``waiting`` for their reset went to the close tally)."""
         a = batch.array[start:end]
         n = end - start
         tw, journal = self.tw, self.journal
@@ -236,7 +243,7 @@ class ShortPath:
         if len(involved):
             inv_conns = list(zip(*(a[f][involved].tolist() for f in ("saddr", "sport", "daddr", "dport"))))
             if len(set(inv_conns)) < len(inv_conns):
-                return self._lives_in_order(batch, start, end, uids, connected, to_tw, died.tolist())
+                return self._lives_in_order(batch, start, end, uids, connected, to_tw, died.tolist(), waiting)
             if tw.by_conn:
                 earlier = list(map(tw.by_conn.get, inv_conns))
                 hit = [i for i, e in enumerate(earlier) if e is not None] if any(earlier) else []
@@ -263,7 +270,7 @@ class ShortPath:
                         tw.enter(e)
         if not journal.keep:
             return
-        own = np.flatnonzero(~to_tw)
+        own = np.flatnonzero(~(to_tw | waiting))
         ended += zip((uids.start + own).tolist(), repeat(0), repeat(batch.data), (first + own * batch.stride).tolist(),
                      repeat(False), repeat(None))
         if ended_at:  # interleave by record, as one by one
@@ -272,7 +279,7 @@ class ShortPath:
         journal.pend_many(ended)
 
     def _lives_in_order(self, batch: RecordBatch, start: int, end: int, uids: range,
-                        connected: np.ndarray, to_tw: np.ndarray, died: list[int]) -> None:
+                        connected: np.ndarray, to_tw: np.ndarray, died: list[int], waiting: np.ndarray) -> None:
         """``_lives`` one record at a time, for a run in which a connection comes twice
         (it takes over its own TIME_WAIT)."""
         a = batch.array[start:end]
@@ -290,7 +297,7 @@ class ShortPath:
             if to_tw[i]:
                 tw.enter(TimeWait((conns[i], died[i], ports[i], uids[i], data[at:at + RECORD_SIZE], 0, 0, 0,
                                    _TIME_WAIT, True, borns[i])))
-            elif journal.keep:
+            elif journal.keep and not waiting[i]:
                 journal.pend((uids[i], 0, data, at, False, None))
 
 

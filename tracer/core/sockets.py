@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from tracer.core.closes import how_code
 from tracer.core.kernel_socket import Conn, KernelSocket
+from tracer.core.lifecycle import MARKS_MAX
 from tracer.core.record import Event
 from tracer.core.states import F_ROLE_INFERRED, EventKind, TcpState
 
@@ -48,7 +50,7 @@ class SocketEntry:
     __slots__ = (
         "sk", "state", "since_ns", "first_ns", "port", "role", "family", "saddr", "sport",
         "daddr", "dport", "pid", "comm", "flags", "reset", "netns", "age_known", "expires_ns",
-        "stuck_state", "opened", "uid", "history", "ended_ns", "retransmits",
+        "stuck_state", "opened", "uid", "history", "ended_ns", "retransmits", "marks",
     )
 
     def __init__(self, ev: Event) -> None:
@@ -80,6 +82,8 @@ class SocketEntry:
         # Segments the kernel retransmitted, [state, in that state, last_ns, in all], or None:
         # most sockets never retransmit, and pay nothing for it.
         self.retransmits: list[int] | None = None
+        # Its retransmissions and resets for the timeline (lifecycle.RawLife.marks), or None.
+        self.marks: list[int] | None = None
 
     @property
     def conn(self) -> Conn:
@@ -94,10 +98,24 @@ class SocketEntry:
         entry.age_known = False
         return entry
 
-    def raw_life(self, end_ns: int | None = None) -> tuple:
-        """The life as lifecycle.RawLife: open, or ended at ``end_ns``."""
-        return (self.uid, self.netns, self.family, self.saddr, self.sport, self.daddr, self.dport, self.role,
-                self.port, self.pid, self.comm, tuple(self.history), end_ns)
+    def mark(self, kind: int, state: int, ts: int) -> None:
+        """A retransmission or a reset, for the timeline: the latest MARKS_MAX are kept."""
+        marks = self.marks
+        if marks is None:
+            self.marks = [0, kind, state, ts]
+            return
+        marks += (kind, state, ts)
+        if len(marks) > 1 + 3 * MARKS_MAX:
+            del marks[1:4]
+            marks[0] += 1
+
+    def raw_life(self, end_ns: int | None = None, uid: int | None = None, netns: int | None = None) -> tuple:
+        """The life as lifecycle.RawLife: open, or ended at ``end_ns`` (its TIME_WAIT's
+        ``uid`` and ``netns`` when that holds it)."""
+        history = tuple(self.history)
+        return (self.uid if uid is None else uid, self.netns if netns is None else netns, self.family, self.saddr,
+                self.sport, self.daddr, self.dport, self.role, self.port, self.pid, self.comm, history, end_ns,
+                how_code(history[0::2], self.flags, self.reset), () if self.marks is None else tuple(self.marks))
 
 
 class SocketTable:

@@ -86,8 +86,7 @@ class TimeWait(list):
         life = self[LIFE]
         if type(life) is bytes:
             return record_life(self[UID], self[NETNS], life, 0, True, end_ns)
-        return (self[UID], self[NETNS], life.family, life.saddr, life.sport, life.daddr, life.dport, life.role,
-                life.port, life.pid, life.comm, tuple(life.history), end_ns)
+        return life.raw_life(end_ns, self[UID], self[NETNS])
 
     def ended_item(self, end_ns: int) -> bytes | tuple:
         """What the journal keeps of it once ended."""

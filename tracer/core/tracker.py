@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tracer.core.closes import CloseTally, closer_of, sent_fin
+from tracer.core.closes import CloseTally, closer_of, how_of, sent_fin
 from tracer.core.detector import WATCHED, Report, Rules, Stuck
 from tracer.core.journal import PENDING_LIVES_MAX, Journal
 from tracer.core.kernel_socket import Conn, KernelSocket
-from tracer.core.lifecycle import from_raw, pack_ended
+from tracer.core.lifecycle import ended_with_how, from_raw, pack_ended
 from tracer.core.outcomes import BOUNDS_NS, DURATION_BUCKETS_S, Histogram, Outcomes, OutcomesSnapshot
 from tracer.core.record import MORE_AT, Event, Record, RecordBatch, events_of
 from tracer.core.sockets import SocketEntry, SocketTable, intern
@@ -97,8 +97,10 @@ class Tracker:
         # (service port, state) -> sockets now in it, the table's and the TIME_WAIT model's.
         self.counts: dict[tuple[int, int], int] = {}
         self.outcome = Outcomes()
-        self.closes = CloseTally(self.outcome)  # how each connection closed (tracer/core/closes.py)
         self.journal = Journal(keep_lifecycles, min(4 * max_sockets, PENDING_LIVES_MAX))
+        # How each connection closed (tracer/core/closes.py); a life whose close is told
+        # by a later reset waits there before it goes to the journal.
+        self.closes = CloseTally(self.outcome, self._pend_closed if keep_lifecycles else None)
         self.table = SocketTable(max_sockets, self.counts)
         self.tw = TimeWaitModel(timewait_ns, max_sockets, self.counts, self.outcome, self.journal,
                                 self._stuck_on_leaving)
@@ -215,14 +217,20 @@ class Tracker:
                 if old == _SYN_SENT:
                     self._connected((saddr, sport, daddr, dport))
         if new == _CLOSE:
-            if old in _ACTIVE_CLOSE and not entry.reset:
-                self._enter_timewait(entry)
-            else:
-                self._end(entry, ts)
+            waiting = False
             if old == _SYN_SENT:
                 self.outcome.connect_failed(svc, _connect_failure(entry.reset, sport))
             elif entry.role in _CONNECTION_ROLES and (closer := closer_of(states := entry.history[0::2])) is not None:
-                self.closes.closed(sk, svc, closer, sent_fin(states), flags, entry.reset, ts)
+                how = how_of(sent_fin(states), flags, entry.reset)
+                if how is not None:
+                    self.outcome.closed(svc, closer, how)
+                else:  # its reset may follow: the life waits for it
+                    waiting = True
+                    self.closes.wait(sk, svc, closer, ts, self._end(entry, ts, wait=True))
+            if old in _ACTIVE_CLOSE and not entry.reset:
+                self._enter_timewait(entry)
+            elif not waiting:
+                self._end(entry, ts)
             if entry.opened and entry.role in _CONNECTION_ROLES:
                 self.outcome.observe(self.outcome.connection_durations, (svc, entry.role), ts - entry.first_ns)
         else:
@@ -242,15 +250,24 @@ class Tracker:
         self.table.remove(entry)
         self._end(entry, now_ns)
 
-    def _end(self, entry: SocketEntry, end_ns: int) -> None:
-        """The socket's life is over: it goes to the timeline once more, closed."""
+    def _end(self, entry: SocketEntry, end_ns: int, wait: bool = False) -> bytes | None:
+        """The socket's life is over: it goes to the timeline once more, closed (with
+        ``wait``, it is returned instead, for the close tally to send on)."""
         entry.ended_ns = end_ns
         journal = self.journal
         if not journal.keep:
-            return
+            return None
         journal.changed.pop(entry.uid, None)
-        if entry.uid:  # 0: never a life of its own
-            journal.pend(pack_ended(entry.raw_life(end_ns)))
+        if not entry.uid:  # never a life of its own
+            return None
+        item = pack_ended(entry.raw_life(end_ns))
+        if wait:
+            return item
+        journal.pend(item)
+        return None
+
+    def _pend_closed(self, item: bytes | tuple, how: int) -> None:
+        self.journal.pend(ended_with_how(item, how))
 
     def _connected(self, conn: Conn) -> None:
         """An active opener's connection is complete only after connect() bound its port."""
@@ -291,11 +308,15 @@ class Tracker:
             r[1] = r[1] + 1 if r[0] == state else 1
             r[0], r[2] = state, ts
             r[3] += 1
+        entry.mark(_RETRANSMIT, state, ts)
+        if self._keep and entry.uid:
+            self.journal.changed[entry.uid] = entry
 
     def _reset(self, ev: Event) -> None:
         entry = self.table.sockets.get(ev[1])
         if entry is not None:
             entry.reset = ev[9]  # its kind: which end sent it
+            entry.mark(ev[9], entry.state, ev[0])
             return
         if self.closes.pending and self.closes.reset(ev[1], ev[9]):
             return  # an abortive close: the kernel resets after the CLOSE
@@ -448,6 +469,12 @@ class Tracker:
         with self.lock:
             ended, open_lives = self.journal.hand_over(born_before_ns, limit)
         return Journal.expand(ended, open_lives)
+
+    def release_closes(self) -> None:
+        """Before the last drain, as the daemon stops: lives waiting for a late reset go
+        to the journal, how they closed not known."""
+        with self.lock:
+            self.closes.release()
 
     def pending_ended(self) -> int:
         """Ended lives waiting for the store."""

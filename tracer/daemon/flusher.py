@@ -77,6 +77,8 @@ class TimelineFlusher:
         if self._busy(now) and not final:
             return 0
         born_before = None if final else now - self.settle_ns
+        if final:
+            tracker.release_closes()
         offset, written, failure = clock.offset_ns(), 0, None
         round_ends = now + self.round_ns
         while records := tracker.drain_raw(born_before, chunk):

@@ -21,7 +21,7 @@ from tracer.core.lifecycle import Lifecycle
 from tracer.core.states import TcpState
 from tracer.store import MAX_LIMIT, Page, normalise_addr
 from tracer.store.rows import encode_json, lifecycle
-from tracer.store.schema import READ, bucket
+from tracer.store.schema import READ, READ_STARTED, bucket
 
 PEER_WINDOW_S = 180  # the two ends of a connection start within a SYN timeout (127 s) of each other
 _CURSOR_VERSION = 1
@@ -122,7 +122,7 @@ class PageQuery:
         rows = conn.execute(self.page_sql, self.page_params + [self.limit + 1]).fetchall()
         more = len(rows) > self.limit
         rows = rows[:self.limit]
-        next_cursor = encode_cursor(self.key, rows[-1][-1], rows[-1][0]) if more else None
+        next_cursor = encode_cursor(self.key, rows[-1][READ_STARTED], rows[-1][0]) if more else None
         return Page(total=total, sockets=[lifecycle(r) for r in rows], next=next_cursor)
 
 

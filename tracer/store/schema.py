@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tracer.store import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ADDR_BUCKETS = 64
 
 _DDL = """
@@ -51,7 +51,11 @@ CREATE TABLE IF NOT EXISTS lifecycles (
     raddr_text TEXT,
     second INTEGER NOT NULL,    -- started, whole seconds: leads the peer lookup's index
     laddr_bucket INTEGER NOT NULL,  -- crc32(laddr) % ADDR_BUCKETS: leads the addr filter's index
-    raddr_bucket INTEGER NOT NULL
+    raddr_bucket INTEGER NOT NULL,
+    closer TEXT,                -- who sent the first FIN: local, peer, simultaneous, none; NULL: no FIN yet
+    how TEXT,                   -- how this end finished (tracer/core/closes.py HOWS); NULL: not known (yet)
+    marks TEXT                  -- JSON [dropped, [[kind, state, at], ...]]: retransmissions and resets,
+                                -- times in microseconds after started; NULL: none
 );
 CREATE INDEX IF NOT EXISTS lifecycles_started ON lifecycles (started);
 CREATE INDEX IF NOT EXISTS lifecycles_port ON lifecycles (service_port, started);
@@ -66,12 +70,16 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('max_id', 0), ('rows', 0);
 # The columns a write sets, in the order of a row (tracer/store/rows.py builds them so).
 WRITTEN = ("id", "netns", "family", "laddr", "lport", "raddr", "rport", "role", "service_port",
            "pid", "comm", "open", "started", "ended", "states", "spans", "laddr_text", "raddr_text",
-           "second", "laddr_bucket", "raddr_bucket")
+           "second", "laddr_bucket", "raddr_bucket", "closer", "how", "marks")
 OPEN = WRITTEN.index("open")
+# What each version added, to bring an older file up to this one (columns are only ever added).
+_UPGRADES = {2: ("ALTER TABLE lifecycles ADD COLUMN closer TEXT", "ALTER TABLE lifecycles ADD COLUMN how TEXT",
+                 "ALTER TABLE lifecycles ADD COLUMN marks TEXT")}
 
 # The columns a read takes, in the order tracer/store/rows.lifecycle reads them.
 READ = ("id, netns, family, laddr, lport, raddr, rport, role, service_port, pid, comm, open, spans, "
-        "laddr_text, raddr_text, started")
+        "laddr_text, raddr_text, started, closer, how, marks")
+READ_STARTED = [c.strip() for c in READ.split(",")].index("started")
 
 
 def bucket(addr: str) -> int:
@@ -115,6 +123,13 @@ def prepare(conn: sqlite3.Connection, path: Path) -> tuple[int, int]:
     # copied once. The WAL is cut back to that size after.
     conn.execute("PRAGMA wal_autocheckpoint = 8192")
     conn.execute("PRAGMA journal_size_limit = 67108864")
+    if 0 < version < SCHEMA_VERSION:
+        conn.execute("BEGIN IMMEDIATE")
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _UPGRADES[v]:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
     conn.executescript(_DDL)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     values = dict(conn.execute("SELECT key, value FROM meta").fetchall())

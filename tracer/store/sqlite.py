@@ -38,7 +38,8 @@ _UPDATE_ALL = f"UPDATE lifecycles SET {', '.join(f'{c} = ?' for c in WRITTEN[1:]
 # not; an update that sets none of them is what almost every rewrite of an open
 # socket needs (its addresses, ports and start stay as they were).
 _KEYED = tuple(WRITTEN.index(c) for c in ("laddr", "lport", "raddr", "rport", "service_port", "started"))
-_UNKEYED = tuple(i for i in range(1, WRITTEN.index("raddr_text") + 1) if i not in _KEYED)
+_DERIVED = tuple(WRITTEN.index(c) for c in ("second", "laddr_bucket", "raddr_bucket"))  # follow the keyed ones
+_UNKEYED = tuple(i for i in range(1, len(WRITTEN)) if i not in _KEYED and i not in _DERIVED)
 _UPDATE_UNKEYED = f"UPDATE lifecycles SET {', '.join(f'{WRITTEN[i]} = ?' for i in _UNKEYED)} WHERE id = ?"
 _EXISTING = (f"SELECT id, open, {', '.join(WRITTEN[i] for i in _KEYED)} FROM lifecycles "
              "WHERE id IN (SELECT value FROM json_each(?))")

@@ -17,6 +17,8 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 
 from tracer import __version__
+from tracer.core.closes import CLOSERS, HOWS
+from tracer.core.lifecycle import MARKS_MAX
 from tracer.core.states import ROLE_NAMES, TcpState
 from tracer.store import MAX_LIMIT, LifecycleStore, StoreError, normalise_addr
 
@@ -156,6 +158,37 @@ SOCKET_PROPERTIES: dict[str, Any] = {
     "open": {"type": "boolean", "description": "Still alive (TIME_WAIT counts as alive)"},
     "states": {"type": "array", "items": {"$ref": "#/components/schemas/Span"}, "minItems": 1,
                "description": "Every state the socket was in, oldest first"},
+    "closer": _nullable({"type": "string", "enum": [*CLOSERS, None],
+                         "description": "Who sent the first FIN: local (this end), peer, simultaneous (both "
+                                        "FINs crossed), none (a reset or a timeout ended the connection); "
+                                        "null before the first FIN, and for a listener or a failed connect"}),
+    "how": _nullable({"type": "string", "enum": [*HOWS, None],
+                      "description": "How this end finished: close(), shutdown(SHUT_WR) (a half-close), "
+                                     "shutdown(SHUT_RDWR), a reset sent (SO_LINGER 0, unread data) or received, "
+                                     "or a timeout; null while not known"}),
+    "one_way": _nullable({
+        "type": "object", "required": ["since", "until"], "additionalProperties": False,
+        "description": "When the connection ran one way: from the first FIN to the second (for a close "
+                       "by shutdown(SHUT_WR), how long it was half-closed); null before the first FIN",
+        "properties": {"since": TIME,
+                       "until": _nullable({**TIME, "description": "null while the second FIN has not come"})}}),
+    "marks": {"type": "array", "items": {"$ref": "#/components/schemas/Mark"},
+              "description": f"The socket's retransmitted segments and resets, oldest first (the latest "
+                             f"{MARKS_MAX})"},
+    "marks_dropped": {"type": "integer", "minimum": 0, "description": "Earlier marks not kept"},
+}
+
+MARK = {
+    "type": "object",
+    "description": "A segment the socket retransmitted, or a reset it sent or received",
+    "required": ["kind", "state", "at"],
+    "additionalProperties": False,
+    "properties": {
+        "kind": {"type": "string", "enum": ["retransmit", "reset_sent", "reset_received"]},
+        "state": {"type": "string", "enum": [s.name for s in TcpState],
+                  "description": "The state the socket was in (a retransmission in LAST_ACK is its FIN)"},
+        "at": TIME,
+    },
 }
 
 SOCKET = {
@@ -262,7 +295,7 @@ def openapi_document() -> dict[str, Any]:
                                       "content": {"application/json": {"schema": {"type": "object"}}}}},
             }},
         },
-        "components": {"schemas": {"Span": SPAN, "Socket": SOCKET, "SocketDetail": SOCKET_DETAIL,
+        "components": {"schemas": {"Span": SPAN, "Mark": MARK, "Socket": SOCKET, "SocketDetail": SOCKET_DETAIL,
                                    "Page": PAGE, "Error": ERROR, "BindConflict": conflicts_api.CONFLICT,
                                    "BindConflicts": conflicts_api.CONFLICTS}},
     }
