@@ -332,3 +332,22 @@ def console_errors(driver: Any, allow: tuple[str, ...] = ()) -> list[str]:
     """SEVERE browser console entries, less those that contain one of `allow`."""
     return [e["message"] for e in driver.get_log("browser")
             if e["level"] == "SEVERE" and not any(a in e["message"] for a in allow)]
+
+
+def ladder(driver: Any) -> dict[str, Any]:
+    return driver.execute_script("""
+        const svg = document.querySelector('#ladder-drawing svg');
+        const steps = [...svg.querySelectorAll('g.step:not(.mark)')];
+        return {
+            client: steps.filter(g => g.dataset.side === 'client').map(g => g.dataset.state),
+            server: steps.filter(g => g.dataset.side === 'server').map(g => g.dataset.state),
+            labels: steps.map(g => [...g.querySelectorAll('text')].map(t => t.textContent)),
+            segments: [...svg.querySelectorAll('g.arrow text')].map(t => t.textContent),
+            unseen: svg.querySelectorAll('g.arrow.unseen:not(.resent)').length,
+            resent: [...svg.querySelectorAll('g.arrow.resent')].map(g => g.dataset.segment),
+            marks: [...svg.querySelectorAll('g.step.mark')].map(g => [g.dataset.side, g.dataset.state,
+                                                                     g.querySelector('text').textContent]),
+            titles: [...svg.querySelectorAll('text.side-title')].map(t => t.textContent),
+            caption: document.getElementById('ladder-caption').textContent,
+            hidden: document.getElementById('ladder').hidden,
+        };""")

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.live.browser import (chromium, console_errors, fake_api, many_sockets, remote_peers, ten_connections,
-                                wait_for)
+from tests.live.browser import (chromium, console_errors, fake_api, ladder, many_sockets, remote_peers,
+                                ten_connections, wait_for)
 from tests.live.conftest import ROOT
 
 SCREENS = Path(os.environ.get("TCPSTATE_SCREENSHOTS", ROOT / "test-output" / "timeline-screens"))
@@ -92,22 +92,6 @@ def table_rows(driver: Any) -> list[dict[str, Any]]:
             states: [...tr.querySelectorAll('li.st')].map(li => li.dataset.state),
             current: tr.getAttribute('aria-current') === 'true',
         }));""")
-
-
-def ladder(driver: Any) -> dict[str, Any]:
-    return driver.execute_script("""
-        const svg = document.querySelector('#ladder-drawing svg');
-        const steps = [...svg.querySelectorAll('g.step')];
-        return {
-            client: steps.filter(g => g.dataset.side === 'client').map(g => g.dataset.state),
-            server: steps.filter(g => g.dataset.side === 'server').map(g => g.dataset.state),
-            labels: steps.map(g => [...g.querySelectorAll('text')].map(t => t.textContent)),
-            segments: [...svg.querySelectorAll('g.arrow text')].map(t => t.textContent),
-            unseen: svg.querySelectorAll('g.arrow.unseen').length,
-            titles: [...svg.querySelectorAll('text.side-title')].map(t => t.textContent),
-            caption: document.getElementById('ladder-caption').textContent,
-            hidden: document.getElementById('ladder').hidden,
-        };""")
 
 
 def test_twenty_sockets_table_ladder_filter_and_live_updates(driver: Any, screens: Path) -> None:

@@ -57,3 +57,40 @@ export function readableOn(hex) {
   const L = 0.2126 * lin(n >> 16) + 0.7152 * lin((n >> 8) & 255) + 0.0722 * lin(n & 255);
   return (L + 0.05) / 0.05 > 1.05 / (L + 0.05) ? "#111" : "#fff";
 }
+
+const CALL_TEXT = { close: "close()", shutdown_wr: "shutdown(SHUT_WR)", shutdown_rdwr: "shutdown(SHUT_RDWR)" };
+
+/** How a socket closed and what it retransmitted, as sentences (the API's closer, how,
+ * one_way and marks); "" for a socket that has not begun to close and never resent. */
+export function closeText(sock, now) {
+  const out = [];
+  const call = CALL_TEXT[sock.how];
+  const w = sock.one_way;
+  const took = w ? `${duration((w.until ?? now) - w.since)}${w.until == null ? " so far" : ""}` : "";
+  if (sock.closer === "local") {
+    if (sock.how === "shutdown_wr") {
+      out.push(`This end sent the first FIN, by shutdown(SHUT_WR): a half-close. It could still read, and the ` +
+        `connection ran one way for ${took}${w?.until == null ? "" : " until the peer's FIN"}.`);
+    } else {
+      out.push(`This end sent the first FIN${call ? `, by ${call}` : ""}` +
+        (w ? (w.until == null ? `; no FIN from the peer in ${took}.` : `; the peer's came ${took} later.`) : "."));
+    }
+  } else if (sock.closer === "peer") {
+    out.push("The peer sent the first FIN" + (w && w.until != null
+      ? `; this end sent its own${call ? ` by ${call}` : ""} ${took} later.`
+      : w ? `; this end has not closed in ${took}.` : "."));
+  } else if (sock.closer === "simultaneous") {
+    out.push(`Both ends sent their FIN at once (a simultaneous close)${call ? `, this one by ${call}` : ""}.`);
+  }
+  if (sock.how === "reset_sent") out.push("This end closed with a reset it sent (SO_LINGER 0, or close() with unread data).");
+  if (sock.how === "reset_received") out.push("A reset from the peer ended the connection.");
+  if (sock.how === "timeout") out.push("Neither a FIN nor a reset: the connection timed out.");
+  const resent = (sock.marks || []).filter((m) => m.kind === "retransmit");
+  if (resent.length) {
+    const n = resent.length + (sock.marks_dropped || 0);
+    const states = [...new Set(resent.map((m) => m.state))].join(", ");
+    out.push(`It retransmitted ${n} segment${n === 1 ? "" : "s"} (in ${states}), the last at ` +
+      `${clock(resent[resent.length - 1].at)}.`);
+  }
+  return out.join(" ");
+}

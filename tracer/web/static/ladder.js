@@ -35,15 +35,41 @@ const RULES = {
   "LISTEN>CLOSE": { note: "listener closed" },
 };
 
-function rule(from, to) {
+// The system call behind this end's FIN, from how the socket finished (the API's `how`).
+export const CALLS = { close: "close()", shutdown_wr: "shutdown(SHUT_WR)", shutdown_rdwr: "shutdown(SHUT_RDWR)" };
+
+// What a socket retransmits in a state: the segment it is waiting to have acknowledged.
+const RESENT = {
+  SYN_SENT: "SYN", SYN_RECV: "SYN+ACK", FIN_WAIT1: "FIN", CLOSING: "FIN", LAST_ACK: "FIN",
+};
+
+/** The rule of a transition of `sock`, with what only the socket's close tells:
+ * the call that sent its FIN, and the reset an abortive close sent or received. */
+function rule(from, to, sock) {
   const r = RULES[`${from}>${to}`];
-  if (r) return { receives: r.receives || [], sends: r.sends || [], note: r.note || "" };
-  if (from == null) return { receives: [], sends: [], note: "first seen here" };
-  return { receives: [], sends: [], note: to === "CLOSE" ? "reset or abort" : "" };
+  const out = r
+    ? { receives: r.receives || [], sends: r.sends || [], note: r.note || "" }
+    : { receives: [], sends: [], note: from == null ? "first seen here" : to === "CLOSE" ? "reset or abort" : "" };
+  const call = CALLS[sock?.how];
+  if (call && out.sends.includes("FIN")) out.call = call;
+  if (to === "CLOSE" && !r && from != null) {
+    if (sock?.how === "reset_sent") return { receives: [], sends: ["RST"], note: "reset sent (SO_LINGER 0, or unread data)" };
+    if (sock?.how === "reset_received") return { receives: ["RST"], sends: [], note: "reset received" };
+  }
+  return out;
 }
 
-/** The transitions of one socket, oldest first: {from, to, t, prev}. */
-export function transitions(sock) {
+/** A retransmission's or a reset's step: what it sends, or takes. */
+function markRule(m) {
+  if (m.kind === "retransmit") {
+    return { receives: [], sends: [], resends: RESENT[m.state] || "data", note: `${RESENT[m.state] || "data"} retransmitted` };
+  }
+  return { receives: [], sends: [], note: m.kind === "reset_sent" ? "reset sent" : "reset received" };
+}
+
+/** The transitions of one socket, oldest first: {from, to, t, prev}; with `marks`, its
+ * retransmissions too, in time order among them: {from: state, to: state, t, prev, mark}. */
+export function transitions(sock, marks = false) {
   // The tracepoint's FIN_WAIT2 -> CLOSE hands over to a TIME_WAIT mini-socket; a record
   // may keep that CLOSE as an instant between FIN_WAIT2 and TIME_WAIT. It is not a state.
   const spans = sock.states.filter((s, i) => s.state !== "CLOSE" || i === sock.states.length - 1);
@@ -57,7 +83,13 @@ export function transitions(sock) {
   if (last && last.until != null && last.state !== "CLOSE") {
     out.push({ from: last.state, to: "CLOSE", t: last.until, prev: last.since });
   }
-  return out;
+  if (!marks) return out;
+  // A reset is drawn by the transition it ends (above); a retransmission is a step of its own.
+  const resent = (sock.marks || []).filter((m) => m.kind === "retransmit")
+    .map((m) => ({ from: m.state, to: m.state, t: m.at, prev: null, mark: m }));
+  const all = [...out, ...resent].sort((a, b) => a.t - b.t || (a.mark ? 1 : 0) - (b.mark ? 1 : 0));
+  for (let i = 0; i < all.length; i++) if (all[i].mark) all[i].prev = i ? all[i - 1].t : null;
+  return all;
 }
 
 /**
@@ -67,14 +99,16 @@ export function transitions(sock) {
  * Each arrow: {segment, from: row or null, to: row or null, dir: 0 (client->server) | 1}.
  */
 export function deriveLadder(client, server) {
-  const queues = [client ? transitions(client) : [], server ? transitions(server) : []];
+  const sides = [client, server];
+  const queues = [client ? transitions(client, true) : [], server ? transitions(server, true) : []];
+  const ruleOf = (k, tr) => (tr.mark ? markRule(tr.mark) : rule(tr.from, tr.to, sides[k]));
   const inflight = [[], []]; // segments sent by side k that the other side has not taken yet
   const rows = [];
   const arrows = [];
   const ready = (k) => {
     const head = queues[k][0];
     if (!head) return false;
-    const need = rule(head.from, head.to).receives;
+    const need = ruleOf(k, head).receives;
     return need.every((seg) => inflight[1 - k].some((f) => f.segment === seg));
   };
   while (queues[0].length || queues[1].length) {
@@ -86,18 +120,20 @@ export function deriveLadder(client, server) {
     else if (!queues[0].length) k = 1;
     else k = queues[0][0].t <= queues[1][0].t ? 0 : 1;
     const tr = queues[k].shift();
-    const r = rule(tr.from, tr.to);
+    const r = ruleOf(k, tr);
     const row = rows.length;
     rows.push({ side: k, ...tr, note: r.note });
     for (const segment of r.receives) {
       const j = inflight[1 - k].findIndex((f) => f.segment === segment);
-      const sender = j >= 0 ? inflight[1 - k].splice(j, 1)[0].row : null;
-      arrows.push({ segment, from: sender, to: row, dir: 1 - k });
+      const sent = j >= 0 ? inflight[1 - k].splice(j, 1)[0] : null;
+      arrows.push({ segment, from: sent ? sent.row : null, to: row, dir: 1 - k, call: sent?.call });
     }
-    for (const segment of r.sends) inflight[k].push({ segment, row });
+    for (const segment of r.sends) inflight[k].push({ segment, row, call: segment === "FIN" ? r.call : undefined });
+    // A retransmitted segment is drawn as sent again; which copy the peer took is not seen.
+    if (r.resends) arrows.push({ segment: r.resends, from: row, to: null, dir: k, resent: true });
   }
   for (const k of [0, 1]) {
-    for (const f of inflight[k]) arrows.push({ segment: f.segment, from: f.row, to: null, dir: k });
+    for (const f of inflight[k]) arrows.push({ segment: f.segment, from: f.row, to: null, dir: k, call: f.call });
   }
   return { rows, arrows };
 }
@@ -171,7 +207,7 @@ export function renderLadder(host, client, server, colours, now) {
     const y1 = a.from != null ? yOf(a.from) : yOf(a.to) - ROW / 2;
     const y2 = a.to != null ? yOf(a.to) : yOf(a.from) + ROW / 2;
     const unseen = a.from == null || a.to == null;
-    const g = el("g", { class: unseen ? "arrow unseen" : "arrow" });
+    const g = el("g", { class: `arrow${unseen ? " unseen" : ""}${a.resent ? " resent" : ""}`, "data-segment": a.segment });
     g.append(el("line", {
       x1: a.dir ? x1 - 3 : x1 + 3, y1, x2: a.dir ? x2 + 4 : x2 - 4, y2, "marker-end": "url(#arrowhead)",
     }));
@@ -182,16 +218,27 @@ export function renderLadder(host, client, server, colours, now) {
     g.append(el("text", {
       x: mx, y: my - 5, "text-anchor": "middle", class: "segment",
       transform: `rotate(${upright.toFixed(1)} ${mx} ${my})`,
-    }, a.segment));
+    }, a.call ? `${a.segment} · ${a.call}` : a.resent ? `${a.segment} again` : a.segment));
     svg.append(g);
   }
 
   rows.forEach((r, i) => {
     const y = yOf(i);
     const k = r.side;
+    const chipX = k ? X[1] + 10 : X[0] - 10 - CHIP_W;
+    if (r.mark) {  // a retransmission: no new state, its time and what went again
+      const g = el("g", { class: "step mark", "data-side": k ? "server" : "client", "data-state": r.to });
+      g.append(el("circle", { cx: X[k], cy: y, r: 2.5, class: "dot" }));
+      g.append(el("text", {
+        x: k ? chipX + 2 : chipX + CHIP_W - 2, y: y + 4, "text-anchor": k ? "start" : "end", class: "since",
+      }, r.prev == null ? clock(r.t) : `${clock(r.t)} · +${duration(r.t - r.prev)}`));
+      g.append(el("title", {}, `${r.note} in ${r.to} at ${clock(r.t)}` +
+        (r.prev == null ? "" : `, ${duration(r.t - r.prev)} after the step before`)));
+      svg.append(g);
+      return;
+    }
     const g = el("g", { class: "step", "data-side": k ? "server" : "client", "data-state": r.to });
     g.append(el("circle", { cx: X[k], cy: y, r: 3.5, class: "dot" }));
-    const chipX = k ? X[1] + 10 : X[0] - 10 - CHIP_W;
     const colour = colours.get(r.to) || "#888";
     g.append(el("rect", { x: chipX, y: y - 17, width: CHIP_W, height: 18, rx: 4, fill: colour }));
     g.append(el("text", {
@@ -227,7 +274,13 @@ export function renderLadder(host, client, server, colours, now) {
     const li = document.createElement("li");
     const who = r.side ? "server" : "client";
     const got = (arrowsTo.get(i) || []).map((a) => a.segment);
-    const sent = arrows.filter((a) => a.from === i).map((a) => a.segment);
+    const sent = arrows.filter((a) => a.from === i).map((a) => (a.call ? `${a.segment} by ${a.call}` : a.segment));
+    if (r.mark) {
+      li.textContent = `${who} retransmits ${sent.join(", ") || r.note} in ${r.to} at ${clock(r.t)}` +
+        (r.prev == null ? "" : `, ${duration(r.t - r.prev)} after the step before`);
+      list.append(li);
+      return;
+    }
     const parts = [];
     if (got.length) parts.push(`receives ${got.join(", ")}`);
     if (sent.length) parts.push(`sends ${sent.join(", ")}`);

@@ -6,7 +6,7 @@
 // and scripts: data-status (loading, ready, error), data-rendered (sockets drawn),
 // data-table-rows, data-live (stream, polling, connecting, off), data-ladder.
 
-import { clock, dateTime, duration, endpoint, process, spanEnd, toLocalInput } from "./format.js";
+import { clock, closeText, dateTime, duration, endpoint, process, spanEnd, toLocalInput } from "./format.js";
 import { orderPeers, renderLadder } from "./ladder.js";
 import { Lifelines } from "./lifelines.js";
 
@@ -392,6 +392,13 @@ function renderDetail(sock, peer) {
   }
 
   const parts = [h, dl];
+  const closed = closeText(sock, now);
+  if (closed) {
+    const p = document.createElement("p");
+    p.className = "close";
+    p.textContent = closed;
+    parts.push(p);
+  }
   if (peer) {
     const p = document.createElement("p");
     p.className = "peer";
