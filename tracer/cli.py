@@ -76,13 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     stuck.add_argument("--json", action="store_true", help="the API's JSON as it is")
     stuck.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML configuration file")
 
-    conflicts = sub.add_parser("conflicts", help="refused bind() calls, from the running daemon",
+    conflicts = sub.add_parser("conflicts", help="refused bind() calls and connects with no free local port, "
+                                                 "from the running daemon",
                                description="Ask the running daemon which bind() calls were refused with "
-                                           "EADDRINUSE, what held the port and what to do about it.")
-    conflicts.add_argument("--port", type=_port, help="only this port")
+                                           "EADDRINUSE, what held the port and what to do about it; and which "
+                                           "connect() calls found no free local port (EADDRNOTAVAIL), with what "
+                                           "held the local ports toward their destination.")
+    conflicts.add_argument("--port", type=_port, help="only this port (the destination's, for a connect())")
     conflicts.add_argument("--web.listen-address", dest="web_listen_address", metavar="ADDRESS",
                            help="where the daemon listens (default: as configured, 127.0.0.1:9876)")
-    conflicts.add_argument("--json", action="store_true", help="the API's JSON as it is")
+    conflicts.add_argument("--json", action="store_true",
+                           help="the API's JSON: both answers in one object (conflicts, refused)")
     conflicts.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML configuration file")
 
     port = sub.add_parser("port", help="who holds a TCP port now, in every namespace (no daemon needed)",
@@ -312,13 +316,17 @@ def cmd_stuck(args: argparse.Namespace) -> int:
 
 
 def cmd_conflicts(args: argparse.Namespace) -> int:
-    body = _ask_daemon(args, "/api/v1/bind-conflicts?limit=1000" + (f"&port={args.port}" if args.port else ""))
+    only = f"&port={args.port}" if args.port else ""
+    answer = json.loads(_ask_daemon(args, "/api/v1/bind-conflicts?limit=1000" + only))
+    answer.update(json.loads(_ask_daemon(args, "/api/v1/no-local-port?limit=1000" + only)))
     if args.json:
-        print(body)
+        print(json.dumps(answer))
         return 0
-    from tracer.console import print_conflicts
+    from tracer.console import print_conflicts, print_no_local_port
 
-    print_conflicts(json.loads(body), sys.stdout)
+    print_conflicts(answer, sys.stdout)
+    sys.stdout.write("\n")
+    print_no_local_port(answer, sys.stdout)
     return 0
 
 

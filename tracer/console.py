@@ -162,6 +162,26 @@ def print_conflicts(answer: dict, out: TextIO) -> None:
               "was held (the caller had exited)\n")
 
 
+def print_no_local_port(answer: dict, out: TextIO) -> None:
+    """The /api/v1/no-local-port answer as a table, newest first, each remedy under its row."""
+    refused = answer.get("refused", [])
+    if not refused:
+        out.write("no connect() found the local ports used up since the daemon started\n")
+        return
+    out.write(f"{'TIME':<19} {'DESTINATION':<22} {'PID':>7} {'COMM':<15} {'NETNS':>10} {'RANGE':<12} HELD BY\n")
+    for e in refused:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
+        netns = e["netns"] or "-"
+        if e["netns"] and e["netns_inferred"]:
+            netns = f"{e['netns']}?"
+        span = "-" if not e["port_range"] else f"{e['port_range'][0]}-{e['port_range'][1]}"
+        held = ", ".join(f"{n} {state}" for state, n in sorted(e["toward"].items())) or "-"
+        dest = f"[{e['address']}]:{e['port']}" if ":" in e["address"] else f"{e['address']}:{e['port']}"
+        out.write(f"{when:<19} {dest:<22} {e['pid']:>7} {e['comm'] or '-':<15} {netns:>10} {span:<12} {held}\n")
+        out.write(f"    {e['remedy']}\n")
+    out.write(f"{len(refused)} connect() call(s) with no free local port (EADDRNOTAVAIL), newest first\n")
+
+
 def print_port(port: int, by_ns: list[dict], out: TextIO) -> None:
     """``tcpstate-tracer port``: who holds the port in each namespace, and what bind() would get."""
     if not by_ns:

@@ -3,7 +3,8 @@ connections first cannot bind its port again without SO_REUSEADDR, and the daemo
 reports the conflict with its TIME_WAIT holders and the remedy; with SO_REUSEADDR in
 both servers the restart succeeds and nothing is reported; a second listener is told
 the first one's owner; `tcpstate-tracer port` says who holds a port; a connect() that
-finds no free local port is counted as no_local_port."""
+finds no free local port is counted as no_local_port, with the TIME_WAITs that held
+the local ports toward its destination."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ SECOND = textwrap.dedent("""
 # Connects to 127.0.0.1:PORT, closing each connection first from the client, until
 # connect() fails; prints the errno's name and how many connected. At most 10 tries.
 EXHAUST = textwrap.dedent("""
-    import errno, json, socket, sys
+    import errno, json, socket, sys, time
     port = int(sys.argv[1])
     srv = socket.socket(); srv.bind(("127.0.0.1", port)); srv.listen()
     done, got = 0, "none"
@@ -82,6 +83,7 @@ EXHAUST = textwrap.dedent("""
         except OSError as exc:
             got = errno.errorcode[exc.errno]; c.close(); break
         a, _ = srv.accept(); c.close(); assert a.recv(1) == b""; a.close(); done += 1
+    time.sleep(1.5)                     # a client lives on after a failed connect(), as most do
     print(json.dumps({"connect": got, "connected": done}))
 """)
 
@@ -191,3 +193,18 @@ def test_a_connect_that_finds_no_local_port_is_counted_as_no_local_port(daemon, 
                    "the failed connect() counted as no_local_port")
         # Not a timeout, not refused: nothing else counted for it.
         assert {r: failures(r) for r in before} == {**before, "no_local_port": before["no_local_port"] + 1}
+        # Explained: the client's two TIME_WAITs toward the server held both ports of the range.
+        refused = wait_until(lambda: [e for e in no_local_port(daemon) if e["netns"] == host.netns_inode],
+                             "the refused connect() explained")
+    (e,) = refused
+    assert (e["netns_inferred"], e["address"], e["port"]) == (False, "127.0.0.1", PORT) and e["comm"].startswith("python")
+    assert e["toward"] == {"TIME_WAIT": 2} and e["port_range"] == [int(p) for p in ports.split()]
+    assert 0 < e["time_wait_left_s"] <= 60
+    assert e["remedy"].startswith(f"2 connection(s) toward 127.0.0.1:{PORT} held the local ports of the 2 in "
+                                  f"ip_local_port_range {ports.replace(' ', '-')}, 2 of them in TIME_WAIT")
+
+
+def no_local_port(daemon) -> list[dict]:
+    status, body = http_get(f"{daemon.url}/api/v1/no-local-port?port={PORT}")
+    assert status == 200, body
+    return json.loads(body)["refused"]

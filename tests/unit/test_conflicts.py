@@ -212,3 +212,70 @@ def test_conflicts_and_port_print_as_tables(client):
     free = io.StringIO()
     print_port(8080, [], free)
     assert free.getvalue() == "port 8080: free in every network namespace (no TCP socket holds it)\n"
+
+
+LOOP4 = bytes([127, 0, 0, 1]) + bytes(12)
+
+
+def test_a_connect_with_no_local_port_is_explained_by_its_sockets_toward_the_destination():
+    own = os.stat("/proc/self/ns/net").st_ino
+    asked = []
+
+    def toward(daddr, family, dport, netns):
+        asked.append((daddr, family, dport, netns))
+        return {own: ({"TIME_WAIT": 2}, 41.5)}, []
+
+    ranges = []
+    conflicts = BindConflicts(Calls(), FakeClock(), Reads({}), read_toward=toward,
+                              read_range=lambda path: ranges.append(path) or (40000, 40001))
+    (e,) = conflicts.handle_unbound([(5 * 10**9, os.getpid(), b"curl".ljust(16, b"\0"), 2, LOOP4, 8080)])
+    (daddr, family, dport, netns), = asked
+    assert (daddr, family, dport, list(netns)) == (LOOP4, 2, 8080, [own]) and ranges == [netns[own]]
+    assert (e.netns, e.netns_inferred, e.comm, e.address, e.port) == (own, False, "curl", "127.0.0.1", 8080)
+    assert e.toward == {"TIME_WAIT": 2} and e.port_range == (40000, 40001)
+    text = e.remedy()
+    assert text.startswith("2 connection(s) toward 127.0.0.1:8080 held the local ports of the 2 in "
+                           "ip_local_port_range 40000-40001, 2 of them in TIME_WAIT (the first frees in 42 s)")
+    assert "tcp_tw_reuse" in text and "ip_local_port_range" in text
+    assert conflicts.no_local_port() == [e] and conflicts.no_local_port(port=80) == []
+    assert not os.path.exists(netns[own]), "the pin is closed"
+
+
+def test_a_connect_whose_caller_is_gone_is_placed_where_sockets_went_toward_it():
+    gone = 2**22 + 12345
+    conflicts = BindConflicts(Calls(), FakeClock(), Reads({}),
+                              read_toward=lambda *a: ({7: ({"TIME_WAIT": 1, "ESTABLISHED": 1}, 3.0)}, []),
+                              read_range=lambda path: (1, 2))
+    (e,) = conflicts.handle_unbound([(0, gone, b"x", 2, LOOP4, 80)])
+    assert (e.netns, e.netns_inferred, e.port_range) == (7, True, None)  # the range is read in the caller's only
+    nothing = BindConflicts(Calls(), FakeClock(), Reads({}), read_toward=lambda *a: ({}, []))
+    (e,) = nothing.handle_unbound([(0, gone, b"x", 2, LOOP4, 80)])
+    assert e.netns is None and e.toward == {} and "nothing held one toward it" in e.remedy()
+
+
+def test_the_no_local_port_api_answers_in_the_documented_shape():
+    conflicts = BindConflicts(Calls(), FakeClock(wall_start=0.0), Reads({}),
+                              read_toward=lambda *a: ({}, []), read_range=lambda path: None)
+    conflicts.handle_unbound([(10**9, 2**22 + 1, b"a", 2, LOOP4, 80), (2 * 10**9, 2**22 + 1, b"b", 2, LOOP4, 81)])
+    app = create_app(CollectorRegistry(), SimpleNamespace(), SimpleNamespace(report=None), FakeClock(),
+                     conflicts=conflicts)
+    client = app.test_client()
+    body = client.get("/api/v1/no-local-port").get_json()
+    spec = openapi_document()
+    OAS30Validator({"$ref": "#/components/schemas/NoLocalPorts", "components": spec["components"]}).validate(body)
+    assert [e["port"] for e in body["refused"]] == [81, 80]
+    assert [e["port"] for e in client.get("/api/v1/no-local-port?port=80").get_json()["refused"]] == [80]
+    bad = client.get("/api/v1/no-local-port?limit=0")
+    assert bad.status_code == 400 and bad.get_json()["error"].startswith("limit:")
+    import io
+
+    from tracer.console import print_no_local_port
+
+    out = io.StringIO()
+    print_no_local_port(body, out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["TIME", "DESTINATION", "PID", "COMM", "NETNS", "RANGE", "HELD", "BY"]
+    assert "127.0.0.1:81" in lines[1] and lines[2].startswith("    no free local port toward 127.0.0.1:81")
+    empty = io.StringIO()
+    print_no_local_port({"refused": []}, empty)
+    assert empty.getvalue().startswith("no connect() found the local ports used up")

@@ -125,3 +125,52 @@ class Conflict:
             },
             "remedy": self.remedy(),
         }
+
+
+@dataclass(frozen=True)
+class NoLocalPort:
+    """A connect() refused with EADDRNOTAVAIL: every local port it could bind toward
+    its destination was taken. What held them: the caller's sockets toward that
+    address and port, by state, and the namespace's ip_local_port_range."""
+
+    time: float  # Unix seconds of the failure
+    pid: int
+    comm: str
+    netns: int | None  # None: the caller had gone and no namespace held sockets toward the destination
+    netns_inferred: bool  # the caller had gone: the one namespace with sockets toward the destination
+    family: str
+    address: str  # the destination
+    port: int
+    toward: dict[str, int] = field(default_factory=dict)  # state name -> sockets toward the destination
+    time_wait_left_s: float = 0.0  # until the first of its TIME_WAITs expires: a port frees then
+    port_range: tuple[int, int] | None = None  # ip_local_port_range in that namespace, None: not read
+
+    def remedy(self) -> str:
+        held = sum(self.toward.values())
+        tw = self.toward.get("TIME_WAIT", 0)
+        span = "" if self.port_range is None else (
+            f" of the {self.port_range[1] - self.port_range[0] + 1} in ip_local_port_range "
+            f"{self.port_range[0]}-{self.port_range[1]}")
+        if not held:
+            return (f"no free local port toward {self.address}:{self.port}, and nothing held one toward it by the "
+                    "time the daemon looked: other destinations' connections, or bound sockets, use the range; "
+                    "widen net.ipv4.ip_local_port_range")
+        text = f"{held} connection(s) toward {self.address}:{self.port} held the local ports{span}"
+        if tw:
+            text += (f", {tw} of them in TIME_WAIT (the first frees in {self.time_wait_left_s:.0f} s): this end "
+                     "closed first, so the 2MSL wait is this end's. Reuse connections (keep-alive, a pool), let "
+                     "the server close first, set net.ipv4.tcp_tw_reuse=1 (a connect() may then take over a "
+                     "TIME_WAIT when timestamps make it safe), or widen net.ipv4.ip_local_port_range")
+        else:
+            text += "; widen net.ipv4.ip_local_port_range, or open fewer connections at once toward it"
+        return text
+
+    def to_json(self) -> dict:
+        return {
+            "time": self.time, "pid": self.pid, "comm": self.comm, "netns": self.netns,
+            "netns_inferred": self.netns_inferred, "family": self.family,
+            "address": self.address, "port": self.port, "toward": dict(self.toward),
+            "time_wait_left_s": round(self.time_wait_left_s, 3),
+            "port_range": list(self.port_range) if self.port_range else None,
+            "remedy": self.remedy(),
+        }

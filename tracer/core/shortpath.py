@@ -33,6 +33,7 @@ _SHUT = F_SHUT_WR | F_SHUT_RDWR
 _LISTEN_OR_CLOSE = frozenset({TcpState.CLOSE.value, TcpState.LISTEN.value})
 _STATE = EventKind.STATE.value
 _SHIFTS = np.arange(MORE, dtype=np.uint64) * np.uint64(8)
+_UNBOUND = ("pid", "comm", "family", "daddr", "dport")  # after the time: as Tracker.unbound holds them
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class ShortPath:
         self.table, self.tw, self.outcome, self.journal = tracker.table, tracker.tw, tracker.outcome, tracker.journal
         self.counts = tracker.counts
         self.closes = tracker.closes
+        self.unbound = tracker.unbound
         self.max_sockets = tracker.max_sockets
         self._floors, self._min_floor = tracker._floors, tracker._min_floor
         self._apply_events = long
@@ -193,7 +195,10 @@ class ShortPath:
                 self._closes(plan, a, rows, svc, batch, start, uids)
             if plan.failed:
                 failed_ports += svc[rows].tolist()
-                unbound += svc[rows][a["sport"][rows] == 0].tolist()
+                no_port = rows[a["sport"][rows] == 0]
+                if len(no_port):
+                    unbound += svc[no_port].tolist()
+                    self.unbound.extend(zip(died[no_port].tolist(), *(a[f][no_port].tolist() for f in _UNBOUND)))
         role = a["role"]
         for r in np.unique(role).tolist():
             rows = np.flatnonzero(role == r)

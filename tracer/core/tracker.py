@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ _ACTIVE_CLOSE = frozenset(int(s) for s in ACTIVE_CLOSE_STATES)
 RECONCILED_STATES = frozenset([s.value for s in WATCHED if s != TcpState.TIME_WAIT] + [TcpState.CLOSING.value])
 _STATE = EventKind.STATE.value
 _RETRANSMIT = EventKind.RETRANSMIT.value
+UNBOUND_KEPT = 1024  # refused connects waiting to be explained; past it the oldest go (they are counted anyway)
 _LISTEN_OR_CLOSE = frozenset({TcpState.CLOSE.value, TcpState.LISTEN.value})
 _CONNECTION_ROLES = frozenset({Role.ACTIVE.value, Role.PASSIVE.value})
 
@@ -109,6 +111,9 @@ class Tracker:
         # (0: not known; the daemon's event reader keeps it). The kernel's socket table
         # is judged only that far, less a grace: beyond, the model may not know yet.
         self.seen_until_ns = 0
+        # Connects refused for want of a free local port, for the daemon to explain (what
+        # held the ports toward the destination): (ts_ns, pid, comm, family, daddr, dport).
+        self.unbound: deque[tuple] = deque(maxlen=UNBOUND_KEPT)
         self.short = ShortPath(self, self._apply_events)
         # What the long path reads for every event, one attribute away (none of them is replaced).
         self._sockets, self._durations, self._keep = self.table.sockets, self.outcome.state_durations, keep_lifecycles
@@ -219,7 +224,10 @@ class Tracker:
         if new == _CLOSE:
             waiting = False
             if old == _SYN_SENT:
-                self.outcome.connect_failed(svc, _connect_failure(entry.reset, sport))
+                reason = _connect_failure(entry.reset, sport)
+                self.outcome.connect_failed(svc, reason)
+                if reason == "no_local_port":
+                    self.unbound.append((ts, entry.pid, entry.comm, entry.family, entry.daddr, entry.dport))
             elif entry.role in _CONNECTION_ROLES and (closer := closer_of(states := entry.history[0::2])) is not None:
                 how = how_of(sent_fin(states), flags, entry.reset)
                 if how is not None:
@@ -469,6 +477,13 @@ class Tracker:
         with self.lock:
             ended, open_lives = self.journal.hand_over(born_before_ns, limit)
         return Journal.expand(ended, open_lives)
+
+    def take_unbound(self) -> list[tuple]:
+        """The connects refused for want of a local port since the last call, oldest first."""
+        with self.lock:
+            out = list(self.unbound)
+            self.unbound.clear()
+        return out
 
     def release_closes(self) -> None:
         """Before the last drain, as the daemon stops: lives waiting for a late reset go

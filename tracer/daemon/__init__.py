@@ -103,7 +103,7 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
         log.info("timeline: %d sockets left open by the previous run marked ended", stale)
     tracker = Tracker(int(cfg.timewait_seconds * 1e9), cfg.max_sockets, cfg.rules(), keep_lifecycles=True)
     tracker.next_uid = store.next_id()  # ids stay unique across restarts
-    conflicts = BindConflicts(source, clock)
+    conflicts = BindConflicts(source, clock, unbound=tracker.take_unbound)
     pipeline = Pipeline(source, tracker, clock)
     ephemeral = sysctl.ephemeral_ports()
     reconciler = Reconciler(tracker, clock, every_s=cfg.timewait_reconcile_seconds, ephemeral=ephemeral)

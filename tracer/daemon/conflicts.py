@@ -1,6 +1,7 @@
-"""Bind conflicts: a thread of their own reads the refused bind() calls from the
-program's second ring buffer, explains each and keeps them, newest first, for the
-API and the metrics.
+"""Bind conflicts and ports running out: a thread of their own reads the refused
+bind() calls from the program's second ring buffer, and the connects the tracker
+found refused for want of a local port, explains each and keeps them, newest first,
+for the API and the metrics.
 
 The program wakes this thread for each call (the events' ring never wakes anyone),
 so the caller's namespace is pinned (an open descriptor of /proc/PID/ns/net) within
@@ -20,17 +21,25 @@ from collections.abc import Callable
 
 from tracer.core.calls import Call
 from tracer.core.clock import Clock
-from tracer.core.conflicts import Conflict, Holders
+from tracer.core.conflicts import Conflict, Holders, NoLocalPort
+from tracer.core.record import comm_text, family_name, format_addr
 from tracer.sources import CallSource, port_holders
 
 log = logging.getLogger(__name__)
 
 # (port, netns -> path or None for all) -> (holders by namespace, problems)
 HoldersReader = Callable[[int, "dict[int, str] | None"], "tuple[dict[int, Holders], list[str]]"]
+# (daddr, family, dport, netns -> path or None for all) -> ((states, TIME_WAIT left) by namespace, problems)
+TowardReader = Callable[[bytes, int, int, "dict[int, str] | None"],
+                        "tuple[dict[int, tuple[dict[str, int], float]], list[str]]"]
 
 
 def _read_holders(port: int, netns: dict[int, str] | None) -> tuple[dict[int, Holders], list[str]]:
     return port_holders.holders(port, netns)
+
+
+def _no_unbound() -> list[tuple]:
+    return []
 
 
 class BindConflicts:
@@ -42,11 +51,17 @@ class BindConflicts:
     POLL_S = 0.5  # the longest a stop waits for the thread
 
     def __init__(self, source: CallSource, clock: Clock, read_holders: HoldersReader = _read_holders,
-                 keep: int = KEEP) -> None:
+                 keep: int = KEEP, unbound: Callable[[], list[tuple]] = _no_unbound,
+                 read_toward: TowardReader = port_holders.toward,
+                 read_range: Callable[[str], "tuple[int, int] | None"] = port_holders.local_port_range) -> None:
         self.source = source
         self.clock = clock
         self.read_holders = read_holders
+        self.unbound = unbound  # Tracker.take_unbound
+        self.read_toward = read_toward
+        self.read_range = read_range
         self._recent: deque[Conflict] = deque(maxlen=keep)
+        self._no_port: deque[NoLocalPort] = deque(maxlen=keep)
         self._counts: dict[tuple[int, str], int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -68,8 +83,49 @@ class BindConflicts:
         while not self._stop.is_set():
             try:
                 self.handle(self.source.read_calls(self.POLL_S))
+                self.handle_unbound(self.unbound())
             except Exception:  # a conflict left unexplained must not end the thread
-                log.exception("explaining a refused bind() failed")
+                log.exception("explaining a refused bind() or connect() failed")
+
+    def handle_unbound(self, refused: list[tuple]) -> list[NoLocalPort]:
+        """Connects refused for want of a local port ((ts_ns, pid, comm, family, daddr,
+        dport), as Tracker.unbound holds them): pins each caller's namespace, then reads
+        what held the ports toward the destination."""
+        pins = [_pin(r[1]) for r in refused]
+        try:
+            return [self.explain_unbound(r, pinned) for r, pinned in zip(refused, pins)]
+        finally:
+            for pinned in pins:
+                if pinned is not None:
+                    os.close(pinned[1])
+
+    def explain_unbound(self, refused: tuple, pinned: tuple[int, int] | None) -> NoLocalPort:
+        ts, pid, comm, fam, daddr, dport = refused
+        if pinned is not None:
+            ino, fd = pinned
+            path = f"/proc/self/fd/{fd}"
+            found, problems = self.read_toward(daddr, fam, dport, {ino: path})
+            netns, inferred = ino, False
+        else:
+            found, problems = self.read_toward(daddr, fam, dport, None)
+            netns, inferred, path = (next(iter(found)), True, None) if len(found) == 1 else (None, False, None)
+        for problem in problems:
+            log.warning("connect() toward port %d with no local port: %s", dport, problem)
+        toward, left = found.get(netns, ({}, 0.0)) if netns is not None else ({}, 0.0)
+        event = NoLocalPort(self.clock.wall(ts), pid, comm_text(comm), netns, inferred, family_name(fam),
+                            format_addr(fam, daddr), dport, toward, left,
+                            self.read_range(path) if path is not None else None)
+        with self._lock:
+            self._no_port.append(event)
+        log.info("connect() by %s (pid %d) toward %s:%d found no free local port: %s", event.comm, pid,
+                 event.address, dport, event.remedy())
+        return event
+
+    def no_local_port(self, limit: int | None = None, port: int | None = None) -> list[NoLocalPort]:
+        """Connects refused for want of a local port, newest first."""
+        with self._lock:
+            items = [e for e in reversed(self._no_port) if port is None or e.port == port]
+        return items[:limit] if limit is not None else items
 
     def handle(self, calls: list[Call]) -> list[Conflict]:
         """Pins every caller's namespace first (one open each), then explains the calls."""

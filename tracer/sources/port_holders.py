@@ -119,3 +119,45 @@ def trial_bind(port: int, path: str) -> dict[tuple[str, bool], str]:
                 for reuse in (False, True)}
 
     return _in_namespace(path, tries)  # type: ignore[return-value]
+
+
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def toward(daddr: bytes, family: int, dport: int, netns: dict[int, str] | None = None,
+           ) -> tuple[dict[int, tuple[dict[str, int], float]], list[str]]:
+    """The sockets toward ``daddr``:``dport`` (the record's raw address and family) in
+    every namespace of ``netns`` (None: every namespace): by namespace, (sockets by
+    state name, seconds until the first of its TIME_WAITs expires). Returns (that,
+    problems), as ``kernel_table.dump``."""
+    if family == socket.AF_INET6 and daddr[:12] == _V4_MAPPED:
+        daddr = daddr[12:16] + bytes(12)  # the table gives a mapped address as IPv4
+    paths = kernel_table.namespaces() if netns is None else dict(netns)
+    sockets, problems = kernel_table.dump(HOLDING_STATES, paths, dport=dport)
+    found: dict[int, tuple[dict[str, int], float]] = {}
+    for s in sockets:
+        if s.dport != dport or s.daddr != daddr:
+            continue
+        counts, first = found.get(s.netns, ({}, 0.0))
+        name = TcpState(s.state).name
+        counts[name] = counts.get(name, 0) + 1
+        if s.state == TcpState.TIME_WAIT:
+            left = s.expires_ns / 1e9
+            first = left if not first else min(first, left)
+        found[s.netns] = (counts, first)
+    return found, problems
+
+
+def local_port_range(path: str) -> tuple[int, int] | None:
+    """net.ipv4.ip_local_port_range in the namespace at ``path`` (a network sysctl reads
+    as the opening thread's namespace has it), or None when it cannot be read."""
+
+    def read() -> tuple[int, int]:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = f.read().split()
+        return int(lo), int(hi)
+
+    try:
+        return _in_namespace(path, read)  # type: ignore[return-value]
+    except (OSError, ValueError):
+        return None

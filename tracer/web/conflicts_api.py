@@ -1,6 +1,8 @@
 """GET /api/v1/bind-conflicts: the refused bind() calls, newest first, each with what
-held its port and the remedy (tracer/core/conflicts.py). Kept in memory, bounded: a
-restart starts the list again (the counter on /metrics restarts too)."""
+held its port and the remedy; GET /api/v1/no-local-port: the connects refused for
+want of a free local port, with what held the ports toward their destination
+(tracer/core/conflicts.py). Kept in memory, bounded: a restart starts the lists
+again (the counters on /metrics restart too)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Any, Protocol
 
 from flask import Blueprint, current_app, jsonify
 
-from tracer.core.conflicts import HOLDERS, Conflict
+from tracer.core.conflicts import HOLDERS, Conflict, NoLocalPort
 from tracer.web.sockets_api import PORT, TIME, BadParameter, _error, _integer, _nullable
 
 bp = Blueprint("conflicts", __name__, url_prefix="/api/v1")
@@ -22,6 +24,8 @@ class ConflictFeed(Protocol):
 
     def recent(self, limit: int | None = None, port: int | None = None) -> list[Conflict]: ...
 
+    def no_local_port(self, limit: int | None = None, port: int | None = None) -> list[NoLocalPort]: ...
+
 
 @bp.get("/bind-conflicts")
 def bind_conflicts():
@@ -33,6 +37,18 @@ def bind_conflicts():
         return _error(str(exc), 400)
     found = feed.recent(DEFAULT_LIMIT if limit is None else limit, port)
     return jsonify(conflicts=[c.to_json() for c in found])
+
+
+@bp.get("/no-local-port")
+def no_local_port():
+    feed: ConflictFeed = current_app.config["CONFLICTS"]
+    try:
+        port = _integer("port", 1, 65535, "a port")
+        limit = _integer("limit", 1, MAX_LIMIT, "a number")
+    except BadParameter as exc:
+        return _error(str(exc), 400)
+    found = feed.no_local_port(DEFAULT_LIMIT if limit is None else limit, port)
+    return jsonify(refused=[e.to_json() for e in found])
 
 
 # The contract (merged into /api/v1/openapi.json).
@@ -93,6 +109,42 @@ CONFLICTS = {
 }
 
 
+NO_LOCAL_PORT = {
+    "type": "object",
+    "description": "A connect() refused with EADDRNOTAVAIL: no local port was free toward its destination",
+    "required": ["time", "pid", "comm", "netns", "netns_inferred", "family", "address", "port", "toward",
+                 "time_wait_left_s", "port_range", "remedy"],
+    "additionalProperties": False,
+    "properties": {
+        "time": TIME,
+        "pid": {"type": "integer"},
+        "comm": {"type": "string"},
+        "netns": _nullable({"type": "integer", "description": "Network namespace inode; null when not known"}),
+        "netns_inferred": {"type": "boolean", "description": "The caller had exited: the namespace is the "
+                                                              "one with sockets toward the destination"},
+        "family": {"type": "string", "enum": ["ipv4", "ipv6"]},
+        "address": {"type": "string", "description": "The destination's address"},
+        "port": {**PORT, "description": "The destination's port (the service port)"},
+        "toward": {"type": "object", "additionalProperties": {"type": "integer"},
+                   "description": "The caller's namespace's sockets toward the destination, by state: "
+                                  "what held the local ports"},
+        "time_wait_left_s": {"type": "number", "minimum": 0,
+                             "description": "Until the first of those in TIME_WAIT expires (0: none)"},
+        "port_range": _nullable({"type": "array", "items": PORT, "minItems": 2, "maxItems": 2,
+                                 "description": "net.ipv4.ip_local_port_range there; null when not read"}),
+        "remedy": {"type": "string"},
+    },
+}
+
+NO_LOCAL_PORTS = {
+    "type": "object",
+    "required": ["refused"],
+    "additionalProperties": False,
+    "properties": {"refused": {"type": "array", "items": {"$ref": "#/components/schemas/NoLocalPort"},
+                               "description": "Newest first"}},
+}
+
+
 def openapi_paths(query: Any, json: Any) -> dict[str, Any]:
     return {
         "/api/v1/bind-conflicts": {"get": {
@@ -105,6 +157,19 @@ def openapi_paths(query: Any, json: Any) -> dict[str, Any]:
             ],
             "responses": {
                 "200": json("BindConflicts", "The conflicts"),
+                "400": json("Error", "A parameter is not valid; the message names it"),
+            },
+        }},
+        "/api/v1/no-local-port": {"get": {
+            "operationId": "listNoLocalPort",
+            "summary": "Connects refused for want of a free local port, newest first, with what held the ports",
+            "parameters": [
+                query("port", {"type": "integer", "minimum": 1, "maximum": 65535}, "Only this destination port"),
+                query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+                      "Entries in the answer"),
+            ],
+            "responses": {
+                "200": json("NoLocalPorts", "The refused connects"),
                 "400": json("Error", "A parameter is not valid; the message names it"),
             },
         }},

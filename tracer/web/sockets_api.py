@@ -1,5 +1,5 @@
 """GET /api/v1/sockets, /api/v1/sockets/<id> and /api/v1/openapi.json: the timeline as JSON
-(the document covers /api/v1/bind-conflicts too, tracer/web/conflicts_api.py).
+(the document covers /api/v1/bind-conflicts and /api/v1/no-local-port too: tracer/web/conflicts_api.py).
 
 Every socket's life from the store (``current_app.config["STORE"]``, a
 tracer.store.LifecycleStore). A bad parameter is a 400 whose message names it, an
@@ -297,5 +297,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {"schemas": {"Span": SPAN, "Mark": MARK, "Socket": SOCKET, "SocketDetail": SOCKET_DETAIL,
                                    "Page": PAGE, "Error": ERROR, "BindConflict": conflicts_api.CONFLICT,
-                                   "BindConflicts": conflicts_api.CONFLICTS}},
+                                   "BindConflicts": conflicts_api.CONFLICTS,
+                                   "NoLocalPort": conflicts_api.NO_LOCAL_PORT,
+                                   "NoLocalPorts": conflicts_api.NO_LOCAL_PORTS}},
     }
