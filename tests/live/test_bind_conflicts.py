@@ -196,6 +196,12 @@ def test_a_connect_that_finds_no_local_port_is_counted_as_no_local_port(daemon, 
         # Explained: the client's two TIME_WAITs toward the server held both ports of the range.
         refused = wait_until(lambda: [e for e in no_local_port(daemon) if e["netns"] == host.netns_inode],
                              "the refused connect() explained")
+    cli = subprocess.run(tracer_cmd("conflicts", "--port", str(PORT), "--web.listen-address",
+                                    daemon.url.removeprefix("http://")), cwd=ROOT, capture_output=True, text=True,
+                         timeout=30)
+    assert cli.returncode == 0, cli.stderr
+    row = next(line for line in cli.stdout.splitlines() if str(host.netns_inode) in line)
+    assert f"127.0.0.1:{PORT}" in row and row.endswith("2 TIME_WAIT") and f"{ports.replace(' ', '-')}" in row
     (e,) = refused
     assert (e["netns_inferred"], e["address"], e["port"]) == (False, "127.0.0.1", PORT) and e["comm"].startswith("python")
     assert e["toward"] == {"TIME_WAIT": 2} and e["port_range"] == [int(p) for p in ports.split()]
