@@ -241,6 +241,19 @@ class FakeApi:
 
                 return Response(events(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+        # The attention panel's sources: nothing stuck, nothing refused, over canned sockets.
+        @app.get("/api/v1/stuck")
+        def stuck():
+            return jsonify(scanned_at=time.time(), total=0, sockets=[], counts=[])
+
+        @app.get("/api/v1/bind-conflicts")
+        def bind_conflicts():
+            return jsonify(conflicts=[])
+
+        @app.get("/api/v1/no-local-port")
+        def no_local_port():
+            return jsonify(refused=[])
+
         return app
 
     @staticmethod

@@ -25,6 +25,7 @@ def stuck_json(s: Stuck, clock: Clock, at_ns: int) -> dict[str, Any]:
     e = s.entry
     since_ns = e.since_ns
     return {
+        "id": e.uid or None,  # its life in the timeline (/api/v1/sockets/<id>); null: not there
         "netns": e.netns or None,
         "family": family_name(e.family),
         "laddr": format_addr(e.family, e.saddr),

@@ -36,6 +36,8 @@ export class Lifelines {
     this.selected = -1;
     this.peer = -1;
     this.hover = -1;
+    this.stuck = new Map(); // socket id -> {state, from}: the part of its state past the rule's threshold
+    this.markers = []; // [{t, label}]: a refused bind() or connect() on the port in view
     this.now = Date.now() / 1000;
     this.lastDrawMs = 0;
     this.frame = 0;
@@ -54,6 +56,13 @@ export class Lifelines {
     this.extent = extentOf(sockets, now);
     if (this.fitted) this.fit();
     this.layout();
+    this.requestDraw();
+  }
+
+  /** Stuck sockets (id -> {state, from}) and the port's markers ([{t, label}]), drawn to stand out. */
+  setAttention(stuck, markers) {
+    this.stuck = stuck;
+    this.markers = markers;
     this.requestDraw();
   }
 
@@ -182,6 +191,7 @@ export class Lifelines {
       bg: v("--plot-bg", "#fff"), fg: v("--fg", "#222"), muted: v("--muted", "#666"),
       grid: v("--grid", "#e5e5e5"), zebra: v("--zebra", "#f7f7f7"), hover: v("--hover", "#eef3fb"),
       select: v("--select", "#dce8fb"), accent: v("--accent", "#1f5fbf"), now: v("--now", "#c0392b"),
+      danger: v("--danger", "#c62828"),
       font: v("--font-ui", "system-ui, sans-serif"), mono: v("--font-mono", "monospace"),
     };
     this.requestDraw();
@@ -255,6 +265,21 @@ export class Lifelines {
           }
         }
       }
+      const stuck = this.stuck.get(this.sockets[i].id);
+      if (stuck) {  // the time past the threshold: underlined and framed in the danger colour
+        const span = [...this.sockets[i].states].reverse().find((s) => s.state === stuck.state);
+        if (span) {
+          const x0 = Math.max(this.xOf(Math.max(span.since, stuck.from)), left);
+          const x1 = Math.min(this.xOf(spanEnd(span, this.now)), right);
+          if (x1 > x0) {
+            ctx.fillStyle = th.danger;
+            ctx.fillRect(x0, y + BAR_H + 1, x1 - x0, 3);
+            ctx.strokeStyle = th.danger;
+            ctx.lineWidth = 2;
+            ctx.strokeRect(x0, y - 1, x1 - x0, BAR_H + 2);
+          }
+        }
+      }
       if (i === this.selected || i === this.peer) {
         ctx.strokeStyle = th.accent;
         ctx.lineWidth = 1.5;
@@ -265,6 +290,19 @@ export class Lifelines {
         ctx.strokeRect(Math.max(s0, left) - 1.5, y - 1.5, Math.min(s1, right) - Math.max(s0, left) + 3, BAR_H + 3);
         ctx.setLineDash([]);
       }
+    }
+    for (const m of this.markers) {  // a refused call on this port: a line across every row
+      const x = Math.round(this.xOf(m.t)) + 0.5;
+      if (x < left || x > right) continue;
+      ctx.strokeStyle = th.danger;
+      ctx.lineWidth = 1.5;
+      ctx.beginPath();
+      ctx.moveTo(x, AXIS_H);
+      ctx.lineTo(x, H);
+      ctx.stroke();
+      ctx.fillStyle = th.danger;
+      ctx.font = `600 10px ${th.font}`;
+      ctx.fillText(m.label, Math.min(x + 3, right - ctx.measureText(m.label).width - 2), AXIS_H + 7);
     }
     const nowX = this.xOf(this.now);
     if (nowX >= left && nowX <= right) {
@@ -284,8 +322,8 @@ export class Lifelines {
     for (let i = first; i < last; i++) {
       const y = AXIS_H + i * ROW_H - scroll + ROW_H / 2;
       const sock = this.sockets[i];
-      ctx.fillStyle = th.muted;
-      ctx.fillText(`#${sock.id}`, 6, y);
+      ctx.fillStyle = this.stuck.has(sock.id) ? th.danger : th.muted;
+      ctx.fillText(this.stuck.has(sock.id) ? `!#${sock.id}` : `#${sock.id}`, 6, y);
       ctx.fillStyle = th.fg;
       const text = fitText(ctx, rowLabel(sock), GUTTER - 68);
       ctx.fillText(text, 62, y);

@@ -7,6 +7,7 @@
 // data-table-rows, data-live (stream, polling, connecting, off), data-ladder.
 
 import { clock, closeText, dateTime, duration, endpoint, process, spanEnd, toLocalInput } from "./format.js";
+import { startAttention } from "./attention.js";
 import { orderPeers, renderLadder } from "./ladder.js";
 import { Lifelines } from "./lifelines.js";
 
@@ -632,3 +633,15 @@ $("pan-right").addEventListener("click", () => lifelines.pan(0.25));
 readUrl();
 load();
 startLive();
+// Stuck sockets stand out on their lifelines; the port in view shows its refused calls.
+startAttention(API, POLL_MS, ({ stuck, conflicts, refused }) => {
+  const over = new Map(stuck.filter((s) => s.id != null)
+    .map((s) => [s.id, { state: s.state, from: s.since + s.rule.threshold_seconds }]));
+  const port = Number(page.filters.port);
+  const markers = port ? [
+    ...conflicts.filter((c) => c.port === port).map((c) => ({ t: c.time, label: `bind() refused (${c.comm})` })),
+    ...refused.filter((e) => e.port === port).map((e) => ({ t: e.time, label: `no local port (${e.comm})` })),
+  ] : [];
+  lifelines.setAttention(over, markers);
+  body.dataset.attention = String(stuck.length + conflicts.length + refused.length);
+});
