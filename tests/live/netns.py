@@ -422,6 +422,19 @@ def half_close(client: TestHost, server: TestHost, client_ip: str, server_ip: st
     return scenario
 
 
+def orphaned_fin_wait2(client: TestHost, server: TestHost, client_ip: str, server_ip: str, port: int) -> Scenario:
+    """The client calls shutdown(SHUT_WR), then close(); the server never closes. With
+    net.ipv4.tcp_fin_timeout above 60 s in the client's namespace the kernel keeps the
+    orphan as a full FIN_WAIT2 socket (at 60 s or less it would hand it to a timewait
+    mini-socket at once): it stays until cleanup, owned by nobody."""
+    client.exec(["sysctl", "-q", "-w", "net.ipv4.tcp_fin_timeout=120"])
+    scenario, _ = _start("orphaned_fin_wait2", client, server, client_ip, server_ip, port, 1, "shutdown_close", "hold")
+    wait_until(lambda: [r for r in scenario.client_sockets(TcpState.FIN_WAIT2) if not r.pids]
+               and [r for r in scenario.server_sockets(TcpState.CLOSE_WAIT) if scenario.server_pid in r.pids],
+               "an orphaned FIN-WAIT-2 in the client namespace and CLOSE-WAIT held by the server program")
+    return scenario
+
+
 def ordinary_timewait(client: TestHost, server: TestHost, client_ip: str, server_ip: str, port: int,
                       n: int = 3) -> Scenario:
     """``n`` plain connections the client closes first: n TIME_WAIT sockets in the
@@ -501,6 +514,11 @@ def _connect(ip: str, port: int, count: int, end: str, deadline: float) -> None:
         else:
             sock.shutdown(socket.SHUT_WR)
             kept.append(sock)
+    if end == "shutdown_close":  # each half-closed, then closed: orphans in FIN_WAIT2
+        time.sleep(0.3)  # the peer's ACK of our FIN: FIN_WAIT2
+        for sock in kept:
+            sock.close()
+        kept = []
     _say("done")
     _hold(deadline)
 
@@ -513,8 +531,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--on-eof", choices=["close", "hold", "wait"], default="close",
                         help="serve: close at EOF, hold the socket, or wait for `close` on stdin")
-    parser.add_argument("--end", choices=["close", "shutdown"], default="close",
-                        help="connect: close(), or shutdown(SHUT_WR) and keep the socket")
+    parser.add_argument("--end", choices=["close", "shutdown", "shutdown_close"], default="close",
+                        help="connect: close(), or shutdown(SHUT_WR) and keep the socket, or close it after")
     parser.add_argument("--hold", type=float, default=HOLD_SECONDS)
     args = parser.parse_args(argv)
     deadline = time.monotonic() + min(args.hold, HOLD_SECONDS)

@@ -77,23 +77,36 @@ def test_close_wait_leak_is_flagged_with_its_owner(short_daemon: Daemon):
     assert time.time() - 15 < s["since"] < time.time()
 
 
-def test_half_close_lingers_in_fin_wait2_and_is_flagged(short_daemon: Daemon):
+def test_a_half_close_its_owner_holds_is_not_stuck_but_its_peer_s_close_wait_is(short_daemon: Daemon):
+    """shutdown(SHUT_WR), the socket kept: FIN_WAIT2 past its threshold, not stuck (the
+    owner may still read); the peer that never closes is the CLOSE_WAIT leak."""
     port = traffic.quiet_port()
     with netns.host_pair("hc") as (client, server, client_ip, server_ip):
         sc = netns.half_close(client, server, client_ip, server_ip, port)
-        s = wait_stuck(short_daemon, at(client, "FIN_WAIT2", sc.client_port, port), "FIN_WAIT2", 10)
-        assert s["role"] == "active" and s["pid"] == sc.client_pid
-        assert "half-closed" in s["rule"]["description"]
-        assert "half-closed by shutdown(), its owner still holds it open" in s["evidence"]
-        # Its peer, which never closes, is a CLOSE_WAIT leak in the other namespace.
         wait_stuck(short_daemon, at(server, "CLOSE_WAIT", port, sc.client_port), "peer CLOSE_WAIT", 10)
+        time.sleep(1.5)  # the FIN_WAIT2 is as old as the CLOSE_WAIT: past its 3 s; the next scan
+        assert not [s for s in stuck_now(short_daemon) if at(client, "FIN_WAIT2", sc.client_port, port)(s)]
         text = Daemon.metrics(short_daemon)
+    assert list(samples(text, "tcpstate_stuck_sockets", port=str(port), state="FIN_WAIT2").values()) == [0.0]
+    assert list(samples(text, "tcpstate_sockets", port=str(port), state="FIN_WAIT2").values()) == [1.0]
+    oldest = samples(text, "tcpstate_oldest_socket_age_seconds", port=str(port), state="FIN_WAIT2")
+    assert list(oldest.values())[0] > 3, "its age is still shown"
+
+
+def test_an_orphaned_fin_wait2_is_stuck_with_what_holds_it(short_daemon: Daemon):
+    """shutdown(SHUT_WR), then close() (FIN_WAIT2 -> FIN_WAIT2 on the tracepoint): an
+    orphan the kernel keeps (tcp_fin_timeout above 60 s), stuck past its threshold."""
+    port = traffic.quiet_port()
+    with netns.host_pair("of") as (client, server, client_ip, server_ip):
+        sc = netns.orphaned_fin_wait2(client, server, client_ip, server_ip, port)
+        s = wait_stuck(short_daemon, at(client, "FIN_WAIT2", sc.client_port, port), "FIN_WAIT2", 10)
+        text = Daemon.metrics(short_daemon)
+    assert s["role"] == "active" and s["pid"] == sc.client_pid, "the owner it had"
+    assert "orphaned: its owner closed it" in s["evidence"] and "tcp_fin_timeout" in s["evidence"]
     assert samples(text, "tcpstate_stuck_sockets", port=str(port), state="FIN_WAIT2") == {
         (("port", str(port)), ("state", "FIN_WAIT2")): 1.0}
     assert samples(text, "tcpstate_stuck_total", port=str(port), state="FIN_WAIT2") == {
         (("port", str(port)), ("state", "FIN_WAIT2")): 1.0}
-    oldest = samples(text, "tcpstate_oldest_socket_age_seconds", port=str(port), state="FIN_WAIT2")
-    assert list(oldest.values())[0] > 3
 
 
 def test_lost_final_ack_leaves_last_ack_and_rearmed_timewait(short_daemon: Daemon):

@@ -357,16 +357,27 @@ def test_a_retransmission_of_a_socket_not_tracked_is_ignored(event):
     assert t.scan(2 * SEC).stuck == [] and 0x99 not in t.table.sockets
 
 
-def test_a_fin_wait2_half_closed_by_shutdown_says_so(event):
+def test_a_fin_wait2_its_owner_half_closed_and_holds_is_not_stuck_until_it_closes_it(event):
+    """shutdown(SHUT_WR) and the socket kept: half-closed, waiting on the peer, not stuck.
+    close() after it (FIN_WAIT2 -> FIN_WAIT2) leaves an orphan, which is; so is a
+    FIN_WAIT2 whose FIN came from close()."""
     from tracer.core.states import F_SHUT_WR
 
     t = tracker(states={"FIN_WAIT2": 5})
-    for sk, flags in ((0x30, F_SHUT_WR), (0x31, 0)):
+    for sk, flags in ((0x30, F_SHUT_WR), (0x31, 0), (0x32, F_SHUT_WR)):
         for old, new in [(S.CLOSE, S.SYN_SENT), (S.SYN_SENT, S.ESTABLISHED), (S.ESTABLISHED, S.FIN_WAIT1),
                          (S.FIN_WAIT1, S.FIN_WAIT2)]:
             t.apply(event(sk, old, new, ts_ns=0, sport=40000 + sk, dport=8080, service_port=8080,
                           role=Role.ACTIVE, flags=flags if new in (S.FIN_WAIT1, S.FIN_WAIT2) else 0))
-    shut, closed = sorted(t.scan(6 * SEC).stuck, key=lambda s: s.entry.sk)
-    assert shut.evidence(6 * SEC) == ("FIN_WAIT2 for 6 s, longer than 5 s: half-closed by shutdown(), its owner "
-                                      "still holds it open and may still read; the peer has not sent its FIN")
-    assert closed.evidence(6 * SEC) == "FIN_WAIT2 for 6 s, longer than 5 s: half-closed: the peer never sent its FIN"
+    assert [s.entry.sk for s in t.scan(6 * SEC).stuck] == [0x31]
+    # Its owner closes 0x32 at 7 s: an orphan from then on, stuck in the same visit to FIN_WAIT2.
+    t.apply(event(0x32, S.FIN_WAIT2, S.FIN_WAIT2, ts_ns=7 * SEC, sport=40000 + 0x32, dport=8080,
+                  service_port=8080, role=Role.ACTIVE, flags=F_SHUT_WR))
+    entry = t.table.sockets[0x32]
+    assert entry.closed_by_owner and entry.since_ns == 0 and entry.history[0::2] == [S.SYN_SENT, S.ESTABLISHED,
+                                                                                        S.FIN_WAIT1, S.FIN_WAIT2]
+    orphan, closed = sorted(t.scan(8 * SEC).stuck, key=lambda s: -s.entry.sk)
+    assert (orphan.entry.sk, closed.entry.sk) == (0x32, 0x31)
+    assert closed.evidence(8 * SEC) == ("FIN_WAIT2 for 8 s, longer than 5 s: orphaned: its owner closed it, the "
+                                        "kernel keeps it (net.ipv4.tcp_fin_timeout) and the peer never sent its FIN")
+    assert t.outcome.stuck_total == {(8080, S.FIN_WAIT2.value): 2}

@@ -4,8 +4,13 @@ LAST_ACK and TIME_WAIT are stuck past 2MSL: a LAST_ACK socket whose FIN is never
 acknowledged, a TIME_WAIT whose timer the peer's retransmitted FIN keeps re-arming.
 The other lingering states have thresholds of their own (2MSL unless configured,
 per state and per port): CLOSE_WAIT (the application never called close(), the
-classic leak), FIN_WAIT2 (half-closed, the peer never finishes), FIN_WAIT1,
-SYN_SENT and SYN_RECV.
+classic leak), FIN_WAIT2 (orphaned: closed by its owner, the peer never finishes),
+FIN_WAIT1, SYN_SENT and SYN_RECV.
+
+A FIN_WAIT2 socket whose owner half-closed it with shutdown(SHUT_WR) and still holds
+it is not stuck: it may still read, and waits on the peer (whose CLOSE_WAIT is the
+leak, where the peer's host is traced). It becomes an orphan once its owner calls
+close(), which the tracepoint shows as FIN_WAIT2 -> FIN_WAIT2 (``held_half_closed``).
 
 The detector only reads the tracker: ``scan`` returns what is stuck now, and the
 tracker counts each socket once per state as it crosses its threshold, whether a
@@ -28,11 +33,17 @@ WHY = {
     TcpState.LAST_ACK: "our FIN is never acknowledged: the peer is gone or its final ACK is lost",
     TcpState.TIME_WAIT: "the peer keeps retransmitting its FIN, re-arming the timer: our final ACK is lost",
     TcpState.CLOSE_WAIT: "the peer closed, and the application never called close() (a socket leak)",
-    TcpState.FIN_WAIT2: "half-closed: the peer never sent its FIN",
+    TcpState.FIN_WAIT2: "orphaned: its owner closed it, the kernel keeps it (net.ipv4.tcp_fin_timeout) and the "
+                        "peer never sent its FIN",
     TcpState.FIN_WAIT1: "our FIN is never acknowledged",
     TcpState.SYN_SENT: "connect() gets no answer",
     TcpState.SYN_RECV: "the handshake's final ACK never came",
 }
+
+
+def held_half_closed(state: int, flags: int, closed_by_owner: bool) -> bool:
+    """A FIN_WAIT2 socket its owner shut down for writing and still holds: not stuck."""
+    return state == TcpState.FIN_WAIT2 and bool(flags & (F_SHUT_WR | F_SHUT_RDWR)) and not closed_by_owner
 
 
 @dataclass(frozen=True)
@@ -118,9 +129,6 @@ class Stuck:
         state's age and what it means."""
         state = self.rule.state
         head = f"{state.name} for {self.age_ns / 1e9:.0f} s"
-        if state == TcpState.FIN_WAIT2 and self.flags & (F_SHUT_WR | F_SHUT_RDWR):
-            return (f"{head}, longer than {self.rule.limit()}: half-closed by shutdown(), its owner still "
-                    "holds it open and may still read; the peer has not sent its FIN")
         if self.retransmits is None:
             return f"{head}, longer than {self.rule.limit()}: {WHY[state]}"
         n, last_ns = self.retransmits

@@ -58,8 +58,8 @@ def _plan(first_old: int, first_new: int, codes: bytes, more: int) -> Plan | Non
         return None
     states = [first_new]
     for code in codes[:more]:
-        if code >> 4 or code == _CLOSE and len(states) < more or not code:
-            return None
+        if code >> 4 or code == _CLOSE and len(states) < more or not code or code == states[-1]:
+            return None  # (a state again: close() after shutdown(), which the long path notes)
         states.append(code)
     if states[-1] != _CLOSE:
         return None

@@ -51,6 +51,7 @@ class SocketEntry:
         "sk", "state", "since_ns", "first_ns", "port", "role", "family", "saddr", "sport",
         "daddr", "dport", "pid", "comm", "flags", "reset", "netns", "age_known", "expires_ns",
         "stuck_state", "opened", "uid", "history", "ended_ns", "retransmits", "marks",
+        "closed_by_owner",
     )
 
     def __init__(self, ev: Event) -> None:
@@ -84,6 +85,9 @@ class SocketEntry:
         self.retransmits: list[int] | None = None
         # Its retransmissions and resets for the timeline (lifecycle.RawLife.marks), or None.
         self.marks: list[int] | None = None
+        # close() came after shutdown(): the tracepoint's FIN_WAIT1 -> FIN_WAIT1 or
+        # FIN_WAIT2 -> FIN_WAIT2. The socket is an orphan from then on.
+        self.closed_by_owner = False
 
     @property
     def conn(self) -> Conn:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tracer.core.closes import CloseTally, closer_of, how_of, sent_fin
-from tracer.core.detector import WATCHED, Report, Rules, Stuck
+from tracer.core.detector import WATCHED, Report, Rules, Stuck, held_half_closed
 from tracer.core.journal import PENDING_LIVES_MAX, Journal
 from tracer.core.kernel_socket import Conn, KernelSocket
 from tracer.core.lifecycle import ended_with_how, from_raw, pack_ended
@@ -49,6 +49,7 @@ _ACTIVE_CLOSE = frozenset(int(s) for s in ACTIVE_CLOSE_STATES)
 RECONCILED_STATES = frozenset([s.value for s in WATCHED if s != TcpState.TIME_WAIT] + [TcpState.CLOSING.value])
 _STATE = EventKind.STATE.value
 _RETRANSMIT = EventKind.RETRANSMIT.value
+_CLOSED_AGAIN = frozenset({TcpState.FIN_WAIT1.value, TcpState.FIN_WAIT2.value})
 UNBOUND_KEPT = 1024  # refused connects waiting to be explained; past it the oldest go (they are counted anyway)
 _LISTEN_OR_CLOSE = frozenset({TcpState.CLOSE.value, TcpState.LISTEN.value})
 _CONNECTION_ROLES = frozenset({Role.ACTIVE.value, Role.PASSIVE.value})
@@ -185,6 +186,11 @@ class Tracker:
             if ts == entry.since_ns and new == old:
                 # The twin of the last transition of a life user space took while the
                 # program appended it (bpf/tcpstates.bpf.c append): already applied.
+                return -1
+            if new == old == ev_old and new in _CLOSED_AGAIN:
+                # close() of a socket shutdown() already sent the FIN of: no new state.
+                entry.closed_by_owner = True
+                entry.flags = flags
                 return -1
             key = (entry.port, old)
             counts[key] -= 1
@@ -332,6 +338,8 @@ class Tracker:
 
     def _count_stuck(self, entry: SocketEntry | TimeWait, age_ns: int) -> None:
         """Counts a socket once per visit to a state, when its age passes the state's threshold."""
+        if type(entry) is SocketEntry and held_half_closed(entry.state, entry.flags, entry.closed_by_owner):
+            return
         rule = self.rules.rule(entry.port, entry.state) if self.rules else None
         if rule is not None and age_ns > rule.threshold_ns and entry.stuck_state != entry.state:
             entry.stuck_state = entry.state
@@ -437,7 +445,8 @@ class Tracker:
             key = (entry.port, state)
             if age > oldest.get(key, -1):
                 oldest[key] = age
-            if state in floors and age > floors[state]:
+            if state in floors and age > floors[state] and not held_half_closed(state, entry.flags,
+                                                                                 entry.closed_by_owner):
                 rule = rules.rule(entry.port, state)
                 if age > rule.threshold_ns:
                     r = entry.retransmits
