@@ -58,13 +58,14 @@ export function readableOn(hex) {
   return (L + 0.05) / 0.05 > 1.05 / (L + 0.05) ? "#111" : "#fff";
 }
 
-const CALL_TEXT = { close: "close()", shutdown_wr: "shutdown(SHUT_WR)", shutdown_rdwr: "shutdown(SHUT_RDWR)" };
+/** The system call behind a socket's FIN, by how it finished (the API's `how`). */
+export const CALLS = { close: "close()", shutdown_wr: "shutdown(SHUT_WR)", shutdown_rdwr: "shutdown(SHUT_RDWR)" };
 
 /** How a socket closed and what it retransmitted, as sentences (the API's closer, how,
  * one_way and marks); "" for a socket that has not begun to close and never resent. */
 export function closeText(sock, now) {
   const out = [];
-  const call = CALL_TEXT[sock.how];
+  const call = CALLS[sock.how];
   const w = sock.one_way;
   const took = w ? `${duration((w.until ?? now) - w.since)}${w.until == null ? " so far" : ""}` : "";
   if (sock.closer === "local") {
@@ -72,8 +73,9 @@ export function closeText(sock, now) {
       out.push(`This end sent the first FIN, by shutdown(SHUT_WR): a half-close. It could still read, and the ` +
         `connection ran one way for ${took}${w?.until == null ? "" : " until the peer's FIN"}.`);
     } else {
-      out.push(`This end sent the first FIN${call ? `, by ${call}` : ""}` +
-        (w ? (w.until == null ? `; no FIN from the peer in ${took}.` : `; the peer's came ${took} later.`) : "."));
+      const peer = !w ? "." : w.until != null ? `; the peer's came ${took} later.`
+        : sock.open ? `; no FIN from the peer in ${took}.` : "; the peer never sent its FIN.";
+      out.push(`This end sent the first FIN${call ? `, by ${call}` : ""}${peer}`);
     }
   } else if (sock.closer === "peer") {
     out.push("The peer sent the first FIN" + (w && w.until != null

@@ -8,7 +8,7 @@
 // stamped after the client is already ESTABLISHED. A transition that receives a
 // segment is drawn after the transition that sent it; otherwise by time.
 
-import { clock, duration, endpoint, process, readableOn, spanEnd } from "./format.js";
+import { CALLS, clock, duration, endpoint, process, readableOn, spanEnd } from "./format.js";
 
 // "FROM>TO": what that transition receives, what it sends, and a note where no
 // segment tells the story.
@@ -35,9 +35,6 @@ const RULES = {
   "LISTEN>CLOSE": { note: "listener closed" },
 };
 
-// The system call behind this end's FIN, from how the socket finished (the API's `how`).
-export const CALLS = { close: "close()", shutdown_wr: "shutdown(SHUT_WR)", shutdown_rdwr: "shutdown(SHUT_RDWR)" };
-
 // What a socket retransmits in a state: the segment it is waiting to have acknowledged.
 const RESENT = {
   SYN_SENT: "SYN", SYN_RECV: "SYN+ACK", FIN_WAIT1: "FIN", CLOSING: "FIN", LAST_ACK: "FIN",
@@ -59,12 +56,10 @@ function rule(from, to, sock) {
   return out;
 }
 
-/** A retransmission's or a reset's step: what it sends, or takes. */
+/** A retransmission's step: the segment it sends again. */
 function markRule(m) {
-  if (m.kind === "retransmit") {
-    return { receives: [], sends: [], resends: RESENT[m.state] || "data", note: `${RESENT[m.state] || "data"} retransmitted` };
-  }
-  return { receives: [], sends: [], note: m.kind === "reset_sent" ? "reset sent" : "reset received" };
+  const segment = RESENT[m.state] || "data";
+  return { receives: [], sends: [], resends: segment, note: `${segment} retransmitted` };
 }
 
 /** The transitions of one socket, oldest first: {from, to, t, prev}; with `marks`, its
