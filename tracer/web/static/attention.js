@@ -35,11 +35,13 @@ function item(kind, head, detail) {
 }
 
 /**
- * Polls the three answers every `everyMs` and renders them into the panel.
+ * Polls the three answers every `everyMs` and renders them into the panel; with a port
+ * in view (`portOf()`), that port's refused calls too, all that the daemon keeps.
  * @param {string} api  the API's base ("api/v1")
- * @param {(got: {stuck: object[], conflicts: object[], refused: object[]}) => void} onData
+ * @param {() => number} portOf  the port the page shows, 0 for none
+ * @param {(got: {stuck: object[], onPort: {t: number, label: string}[]}) => void} onData
  */
-export function startAttention(api, everyMs, onData) {
+export function startAttention(api, everyMs, portOf, onData) {
   const host = document.getElementById("attention-list");
   const panel = document.getElementById("attention");
   let inflight = null;
@@ -53,7 +55,19 @@ export function startAttention(api, everyMs, onData) {
         get(`${api}/no-local-port?limit=${LIMIT}`, inflight.signal),
       ]);
       render(stuck.sockets, conflicts.conflicts, refused.refused);
-      onData({ stuck: stuck.sockets, conflicts: conflicts.conflicts, refused: refused.refused });
+      const port = portOf();
+      const [binds, connects] = port ? await Promise.all([
+        get(`${api}/bind-conflicts?port=${port}&limit=1000`, inflight.signal),
+        get(`${api}/no-local-port?port=${port}&limit=1000`, inflight.signal),
+      ]) : [{ conflicts: [] }, { refused: [] }];
+      onData({
+        stuck: stuck.sockets,
+        onPort: [
+          ...binds.conflicts.map((c) => ({ t: c.time, label: `bind() refused (${c.comm})` })),
+          ...connects.refused.map((e) => ({ t: e.time, label: `no local port (${e.comm})` })),
+        ],
+        count: stuck.sockets.length + conflicts.conflicts.length + refused.refused.length,
+      });
       panel.dataset.status = "ready";
     } catch (err) {
       if (err.name !== "AbortError") {
@@ -96,4 +110,5 @@ export function startAttention(api, everyMs, onData) {
   refresh();
   setInterval(refresh, everyMs);
   document.addEventListener("visibilitychange", refresh);
+  return refresh; // for a new port in view: its markers at once
 }

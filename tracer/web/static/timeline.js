@@ -580,6 +580,7 @@ function apply() {
   lifelines.fitted = true;
   writeUrl();
   load();
+  refreshAttention();
 }
 
 form.addEventListener("submit", (e) => {
@@ -634,14 +635,10 @@ readUrl();
 load();
 startLive();
 // Stuck sockets stand out on their lifelines; the port in view shows its refused calls.
-startAttention(API, POLL_MS, ({ stuck, conflicts, refused }) => {
+const portInView = () => Number(page.filters.port) || 0;
+const refreshAttention = startAttention(API, POLL_MS, portInView, ({ stuck, onPort, count }) => {
   const over = new Map(stuck.filter((s) => s.id != null)
     .map((s) => [s.id, { state: s.state, from: s.since + s.rule.threshold_seconds }]));
-  const port = Number(page.filters.port);
-  const markers = port ? [
-    ...conflicts.filter((c) => c.port === port).map((c) => ({ t: c.time, label: `bind() refused (${c.comm})` })),
-    ...refused.filter((e) => e.port === port).map((e) => ({ t: e.time, label: `no local port (${e.comm})` })),
-  ] : [];
-  lifelines.setAttention(over, markers);
-  body.dataset.attention = String(stuck.length + conflicts.length + refused.length);
+  lifelines.setAttention(over, onPort);
+  body.dataset.attention = String(count);
 });
