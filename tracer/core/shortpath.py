@@ -224,9 +224,10 @@ class ShortPath:
                 life = (uids[i], 0, batch.data, first + i * batch.stride, False, None) if keep else None
                 closes.wait(sk, port, plan.closer, ts, life)
             return
-        shut = a["flags"][rows] & _SHUT
-        for (port, bits), k in Counter(zip(svc[rows].tolist(), shut.tolist())).items():
-            self.outcome.closed(port, plan.closer, how_of(True, bits, 0), k)
+        # By (port, shutdown flags), counted in numpy: every connection of the run passes here.
+        keys, counts = np.unique(svc[rows].astype(np.int64) << 8 | (a["flags"][rows] & _SHUT), return_counts=True)
+        for key, k in zip(keys.tolist(), counts.tolist()):
+            self.outcome.closed(key >> 8, plan.closer, how_of(True, key & 0xFF, 0), k)
 
     def _lives(self, batch: RecordBatch, start: int, end: int, uids: range, tw_rows: list[int],
                connected: np.ndarray, died: np.ndarray, waiting: np.ndarray) -> None:

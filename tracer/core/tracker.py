@@ -488,11 +488,15 @@ class Tracker:
         return Journal.expand(ended, open_lives)
 
     def take_unbound(self) -> list[tuple]:
-        """The connects refused for want of a local port since the last call, oldest first."""
-        with self.lock:
-            out = list(self.unbound)
-            self.unbound.clear()
-        return out
+        """The connects refused for want of a local port since the last call, oldest first.
+        Without the lock: a deque's append and popleft are atomic, and the writer must
+        not wait for this thread."""
+        out, take = [], self.unbound.popleft
+        while True:
+            try:
+                out.append(take())
+            except IndexError:
+                return out
 
     def release_closes(self) -> None:
         """Before the last drain, as the daemon stops: lives waiting for a late reset go
