@@ -135,6 +135,17 @@ def print_stuck(answer: dict, out: TextIO) -> None:
     out.write(f"{len(sockets)} stuck; an age with + is known only since the daemon saw the socket\n")
 
 
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _caller_netns(entry: dict) -> str:
+    """A refused call's namespace; with ? when it was inferred (the caller had exited)."""
+    if not entry["netns"]:
+        return "-"
+    return f"{entry['netns']}?" if entry["netns_inferred"] else str(entry["netns"])
+
+
 def print_conflicts(answer: dict, out: TextIO) -> None:
     """The /api/v1/bind-conflicts answer as a table, newest first, each remedy under its row."""
     conflicts = answer.get("conflicts", [])
@@ -143,11 +154,7 @@ def print_conflicts(answer: dict, out: TextIO) -> None:
         return
     out.write(f"{'TIME':<19} {'PORT':>5} {'ADDRESS':<16} {'PID':>7} {'COMM':<15} {'NETNS':>10} {'OPTS':<20} HOLDER\n")
     for c in conflicts:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["time"]))
         opts = ",".join(name for name in ("reuseaddr", "reuseport") if c[name]) or "-"
-        netns = c["netns"] or "-"
-        if c["netns"] and c["netns_inferred"]:
-            netns = f"{c['netns']}?"
         h = c["holders"]
         holder = c["holder"]
         if holder == "time_wait":
@@ -155,8 +162,8 @@ def print_conflicts(answer: dict, out: TextIO) -> None:
         elif holder == "listener" and h["listeners"]:
             first = h["listeners"][0]
             holder += f" ({first['comm'] or '?'} pid {first['pid'] or '?'})"
-        out.write(f"{when:<19} {c['port']:>5} {c['address']:<16} {c['pid']:>7} {c['comm'] or '-':<15} "
-                  f"{netns:>10} {opts:<20} {holder}\n")
+        out.write(f"{_when(c['time']):<19} {c['port']:>5} {c['address']:<16} {c['pid']:>7} {c['comm'] or '-':<15} "
+                  f"{_caller_netns(c):>10} {opts:<20} {holder}\n")
         out.write(f"    {c['remedy']}\n")
     out.write(f"{len(conflicts)} refused bind() call(s), newest first; a namespace with ? is where the port "
               "was held (the caller had exited)\n")
@@ -170,14 +177,11 @@ def print_no_local_port(answer: dict, out: TextIO) -> None:
         return
     out.write(f"{'TIME':<19} {'DESTINATION':<22} {'PID':>7} {'COMM':<15} {'NETNS':>10} {'RANGE':<12} HELD BY\n")
     for e in refused:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
-        netns = e["netns"] or "-"
-        if e["netns"] and e["netns_inferred"]:
-            netns = f"{e['netns']}?"
         span = "-" if not e["port_range"] else f"{e['port_range'][0]}-{e['port_range'][1]}"
         held = ", ".join(f"{n} {state}" for state, n in sorted(e["toward"].items())) or "-"
-        dest = f"[{e['address']}]:{e['port']}" if ":" in e["address"] else f"{e['address']}:{e['port']}"
-        out.write(f"{when:<19} {dest:<22} {e['pid']:>7} {e['comm'] or '-':<15} {netns:>10} {span:<12} {held}\n")
+        dest = _endpoint(e["address"], e["port"], e["family"] == "ipv6")
+        out.write(f"{_when(e['time']):<19} {dest:<22} {e['pid']:>7} {e['comm'] or '-':<15} {_caller_netns(e):>10} "
+                  f"{span:<12} {held}\n")
         out.write(f"    {e['remedy']}\n")
     out.write(f"{len(refused)} connect() call(s) with no free local port (EADDRNOTAVAIL), newest first\n")
 

@@ -91,13 +91,7 @@ class BindConflicts:
         """Connects refused for want of a local port ((ts_ns, pid, comm, family, daddr,
         dport), as Tracker.unbound holds them): pins each caller's namespace, then reads
         what held the ports toward the destination."""
-        pins = [_pin(r[1]) for r in refused]
-        try:
-            return [self.explain_unbound(r, pinned) for r, pinned in zip(refused, pins)]
-        finally:
-            for pinned in pins:
-                if pinned is not None:
-                    os.close(pinned[1])
+        return _pinned_each(refused, [r[1] for r in refused], self.explain_unbound)
 
     def explain_unbound(self, refused: tuple, pinned: tuple[int, int] | None) -> NoLocalPort:
         ts, pid, comm, fam, daddr, dport = refused
@@ -129,13 +123,7 @@ class BindConflicts:
 
     def handle(self, calls: list[Call]) -> list[Conflict]:
         """Pins every caller's namespace first (one open each), then explains the calls."""
-        pins = [_pin(call.pid) for call in calls]
-        try:
-            return [self.explain(call, pinned) for call, pinned in zip(calls, pins)]
-        finally:
-            for pinned in pins:
-                if pinned is not None:
-                    os.close(pinned[1])
+        return _pinned_each(calls, [call.pid for call in calls], self.explain)
 
     def explain(self, call: Call, pinned: tuple[int, int] | None) -> Conflict:
         """Reads what holds the call's port in its namespace and keeps the conflict."""
@@ -170,6 +158,18 @@ class BindConflicts:
         """(port, holder) -> refused binds, since the start."""
         with self._lock:
             return dict(self._counts)
+
+
+def _pinned_each(items: list, pids: list[int], explain: Callable) -> list:
+    """``explain(item, pinned)`` for each item, every caller's namespace pinned first (one
+    open each, before any slower read), every pin closed after, whatever fails."""
+    pins = [_pin(pid) for pid in pids]
+    try:
+        return [explain(item, pinned) for item, pinned in zip(items, pins)]
+    finally:
+        for pinned in pins:
+            if pinned is not None:
+                os.close(pinned[1])
 
 
 def _pin(pid: int) -> tuple[int, int] | None:

@@ -6,6 +6,7 @@ again (the counters on /metrics restart too)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from flask import Blueprint, current_app, jsonify
@@ -27,28 +28,26 @@ class ConflictFeed(Protocol):
     def no_local_port(self, limit: int | None = None, port: int | None = None) -> list[NoLocalPort]: ...
 
 
-@bp.get("/bind-conflicts")
-def bind_conflicts():
+def _newest(key: str, listed: Callable[[ConflictFeed, int, int | None], list]):
+    """One of the feed's lists, newest first, as the answer's ``key``."""
     feed: ConflictFeed = current_app.config["CONFLICTS"]
     try:
         port = _integer("port", 1, 65535, "a port")
         limit = _integer("limit", 1, MAX_LIMIT, "a number")
     except BadParameter as exc:
         return _error(str(exc), 400)
-    found = feed.recent(DEFAULT_LIMIT if limit is None else limit, port)
-    return jsonify(conflicts=[c.to_json() for c in found])
+    found = listed(feed, DEFAULT_LIMIT if limit is None else limit, port)
+    return jsonify({key: [item.to_json() for item in found]})
+
+
+@bp.get("/bind-conflicts")
+def bind_conflicts():
+    return _newest("conflicts", lambda feed, limit, port: feed.recent(limit, port))
 
 
 @bp.get("/no-local-port")
 def no_local_port():
-    feed: ConflictFeed = current_app.config["CONFLICTS"]
-    try:
-        port = _integer("port", 1, 65535, "a port")
-        limit = _integer("limit", 1, MAX_LIMIT, "a number")
-    except BadParameter as exc:
-        return _error(str(exc), 400)
-    found = feed.no_local_port(DEFAULT_LIMIT if limit is None else limit, port)
-    return jsonify(refused=[e.to_json() for e in found])
+    return _newest("refused", lambda feed, limit, port: feed.no_local_port(limit, port))
 
 
 # The contract (merged into /api/v1/openapi.json).
@@ -64,6 +63,14 @@ LISTENER = {
     },
 }
 
+# Who made the refused call: both lists start with it.
+CALLER = {
+    "time": TIME,
+    "pid": {"type": "integer"},
+    "comm": {"type": "string"},
+    "netns": _nullable({"type": "integer", "description": "Network namespace inode; null when not known"}),
+}
+
 CONFLICT = {
     "type": "object",
     "description": "A bind() refused with EADDRINUSE and what held the port in the caller's namespace",
@@ -71,10 +78,7 @@ CONFLICT = {
                  "holder", "holders", "remedy"],
     "additionalProperties": False,
     "properties": {
-        "time": TIME,
-        "pid": {"type": "integer"},
-        "comm": {"type": "string"},
-        "netns": _nullable({"type": "integer", "description": "Network namespace inode; null when not known"}),
+        **CALLER,
         "netns_inferred": {"type": "boolean",
                            "description": "The caller had exited: the namespace is the one where the port was held"},
         "address": {"type": "string", "description": "The address asked for (0.0.0.0 or :: for any)"},
@@ -116,10 +120,7 @@ NO_LOCAL_PORT = {
                  "time_wait_left_s", "port_range", "remedy"],
     "additionalProperties": False,
     "properties": {
-        "time": TIME,
-        "pid": {"type": "integer"},
-        "comm": {"type": "string"},
-        "netns": _nullable({"type": "integer", "description": "Network namespace inode; null when not known"}),
+        **CALLER,
         "netns_inferred": {"type": "boolean", "description": "The caller had exited: the namespace is the "
                                                               "one with sockets toward the destination"},
         "family": {"type": "string", "enum": ["ipv4", "ipv6"]},
@@ -146,31 +147,26 @@ NO_LOCAL_PORTS = {
 
 
 def openapi_paths(query: Any, json: Any) -> dict[str, Any]:
+    def listed(operation: str, summary: str, port: str, entries: str, schema: str, answer: str) -> dict[str, Any]:
+        return {"get": {
+            "operationId": operation,
+            "summary": summary,
+            "parameters": [
+                query("port", {"type": "integer", "minimum": 1, "maximum": 65535}, port),
+                query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+                      entries),
+            ],
+            "responses": {
+                "200": json(schema, answer),
+                "400": json("Error", "A parameter is not valid; the message names it"),
+            },
+        }}
+
     return {
-        "/api/v1/bind-conflicts": {"get": {
-            "operationId": "listBindConflicts",
-            "summary": "Refused bind() calls, newest first, with their holders and the remedy",
-            "parameters": [
-                query("port", {"type": "integer", "minimum": 1, "maximum": 65535}, "Only this port"),
-                query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
-                      "Conflicts in the answer"),
-            ],
-            "responses": {
-                "200": json("BindConflicts", "The conflicts"),
-                "400": json("Error", "A parameter is not valid; the message names it"),
-            },
-        }},
-        "/api/v1/no-local-port": {"get": {
-            "operationId": "listNoLocalPort",
-            "summary": "Connects refused for want of a free local port, newest first, with what held the ports",
-            "parameters": [
-                query("port", {"type": "integer", "minimum": 1, "maximum": 65535}, "Only this destination port"),
-                query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
-                      "Entries in the answer"),
-            ],
-            "responses": {
-                "200": json("NoLocalPorts", "The refused connects"),
-                "400": json("Error", "A parameter is not valid; the message names it"),
-            },
-        }},
+        "/api/v1/bind-conflicts": listed(
+            "listBindConflicts", "Refused bind() calls, newest first, with their holders and the remedy",
+            "Only this port", "Conflicts in the answer", "BindConflicts", "The conflicts"),
+        "/api/v1/no-local-port": listed(
+            "listNoLocalPort", "Connects refused for want of a free local port, newest first, with what held the ports",
+            "Only this destination port", "Entries in the answer", "NoLocalPorts", "The refused connects"),
     }
