@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,15 @@ def stop_daemon(daemon: Daemon) -> int:
     except subprocess.TimeoutExpired:
         daemon.proc.kill()
         raise
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Headless Chromium (tests/live/browser.py), one for a module's page tests."""
+    from tests.live.browser import chromium
+
+    with chromium(tmp_path_factory.mktemp("chromium"), width=1600, height=1250) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")

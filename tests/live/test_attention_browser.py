@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.live import netns, traffic
-from tests.live.browser import chromium, console_errors, wait_for
+from tests.live.browser import console_errors, wait_for
 from tests.live.conftest import ROOT, Daemon, start_daemon, stop_daemon
 from tests.live.netns import TestHost
 from tests.live.test_bind_conflicts import EXHAUST, RESTART, run_in
@@ -28,12 +28,6 @@ def daemon(live_host, tmp_path_factory) -> Iterator[Daemon]:
     d = start_daemon(tmp, "--config.file", str(tmp / "c.yml"), "--timewait-reconcile-seconds", "1")
     yield d
     assert stop_daemon(d) == 0, d.log.read_text()
-
-
-@pytest.fixture(scope="module")
-def driver(tmp_path_factory) -> Iterator[Any]:
-    with chromium(tmp_path_factory.mktemp("chromium"), width=1600, height=1250) as d:
-        yield d
 
 
 def items(driver: Any) -> list[dict[str, str]]:

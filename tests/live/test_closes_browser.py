@@ -7,33 +7,17 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.live import netns, traffic
-from tests.live.browser import chromium, console_errors, ladder, wait_for
-from tests.live.conftest import ROOT, Daemon, http_get, start_daemon, stop_daemon
+from tests.live.browser import console_errors, ladder, wait_for
+from tests.live.conftest import ROOT, Daemon, http_get
 from tests.live.netns import TestHost, wait_until
 from tests.live.test_closes import CONNECTION, ONE_WAY_S
 
 SCREENS = ROOT / "test-output" / "timeline-screens"
 CLIENT = ["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"]
-
-
-@pytest.fixture(scope="module")
-def daemon(live_host, tmp_path_factory) -> Iterator[Daemon]:
-    d = start_daemon(tmp_path_factory.mktemp("closes-page"), "--timewait-reconcile-seconds", "1")
-    yield d
-    assert stop_daemon(d) == 0, d.log.read_text()
-
-
-@pytest.fixture(scope="module")
-def driver(tmp_path_factory) -> Iterator[Any]:
-    with chromium(tmp_path_factory.mktemp("chromium"), width=1600, height=1250) as d:
-        yield d
 
 
 def lives(daemon: Daemon, port: int, **params: str) -> list[dict]:

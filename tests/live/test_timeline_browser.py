@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.live.browser import (chromium, console_errors, fake_api, ladder, many_sockets, remote_peers,
+from tests.live.browser import (console_errors, fake_api, ladder, many_sockets, remote_peers,
                                 ten_connections, wait_for)
 from tests.live.conftest import ROOT
 
@@ -49,12 +48,6 @@ def screens(request: pytest.FixtureRequest) -> Path:
         old.unlink()
     tell(request, f"timeline screenshots: {SCREENS}")
     return SCREENS
-
-
-@pytest.fixture(scope="module")
-def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with chromium(tmp_path_factory.mktemp("chromium"), width=1600, height=1250) as d:
-        yield d
 
 
 @pytest.fixture(autouse=True)
