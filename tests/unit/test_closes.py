@@ -42,8 +42,8 @@ def test_how_this_end_finished():
 def test_an_abortive_close_is_counted_when_its_late_reset_comes_else_as_a_timeout():
     o = Outcomes()
     t = CloseTally(o)
-    t.closed(0x1, 80, "none", False, 0, 0, ts=0)
-    t.closed(0x2, 80, "peer", False, 0, 0, ts=0)
+    t.wait(0x1, 80, "none", 0, None)
+    t.wait(0x2, 80, "peer", 0, None)
     assert o.closes == {} and len(t.pending) == 2
     assert t.reset(0x1, EventKind.RESET_TX) and not t.reset(0x9, EventKind.RESET_TX)
     t.settle(CloseTally.GRACE_NS - 1)

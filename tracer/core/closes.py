@@ -85,9 +85,9 @@ def how_code(states: Iterable[int], flags: int, reset_kind: int) -> int:
 
 
 class CloseTally:
-    """Counts each connection's close into ``outcome`` (Outcomes.closed) as its socket
-    reaches CLOSE. One that closed with neither a FIN of ours nor a reset waits
-    here: the kernel sends an abortive close's reset right after the CLOSE, when the
+    """The closes that how_of cannot tell yet, counted into ``outcome`` (Outcomes.closed)
+    once it can; the others the tracker counts as their socket reaches CLOSE. One that
+    closed with neither a FIN of ours nor a reset waits here: the kernel sends an abortive close's reset right after the CLOSE, when the
     socket is gone from the table; it is counted when that reset comes, or as a
     timeout once GRACE_NS has passed without one. Its life for the timeline waits with
     it and goes to ``pend(life, how code)`` once how it closed is known, so that its
@@ -101,14 +101,6 @@ class CloseTally:
         self.pend = pend
         # socket -> (port, closer, closed at, its life for the journal or None), oldest first
         self.pending: dict[int, tuple[int, str, int, bytes | tuple | None]] = {}
-
-    def closed(self, sk: int, port: int, closer: str, fin: bool, flags: int, reset_kind: int, ts: int) -> None:
-        """A connection without a life waiting (the journal keeps none) closed."""
-        how = how_of(fin, flags, reset_kind)
-        if how is not None:
-            self.outcome.closed(port, closer, how)
-        else:
-            self.wait(sk, port, closer, ts, None)
 
     def wait(self, sk: int, port: int, closer: str, ts: int, life: bytes | tuple | None) -> None:
         """A connection that closed with neither a FIN of ours nor a reset: how is told
