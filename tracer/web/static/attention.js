@@ -3,16 +3,11 @@
 // that found no free local port (/api/v1/no-local-port), each a link to that socket's
 // lifeline and ladder or to its port's timeline. Polled: these are small answers.
 
+import { getJson as get } from "./api.js";
 import { clock, endpoint, process } from "./format.js";
 
 const LIMIT = 20; // entries of each kind shown
 const SHOWN_STUCK = 50;
-
-async function get(url, signal) {
-  const res = await fetch(url, { signal, headers: { Accept: "application/json" } });
-  if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`);
-  return res.json();
-}
 
 function link(text, params) {
   const a = document.createElement("a");

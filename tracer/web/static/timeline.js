@@ -7,6 +7,7 @@
 // data-table-rows, data-live (stream, polling, connecting, off), data-ladder.
 
 import { clock, closeText, dateTime, duration, endpoint, process, spanEnd, toLocalInput } from "./format.js";
+import { ApiError, getJson } from "./api.js";
 import { startAttention } from "./attention.js";
 import { orderPeers, renderLadder } from "./ladder.js";
 import { Lifelines } from "./lifelines.js";
@@ -109,21 +110,6 @@ function requestParams() {
 }
 
 // -- loading ---------------------------------------------------------------------
-
-class ApiError extends Error {}
-
-async function getJson(url, signal) {
-  let res;
-  try {
-    res = await fetch(url, { signal, headers: { Accept: "application/json" } });
-  } catch (err) {
-    if (err.name === "AbortError") throw err;
-    throw new ApiError(`Cannot reach the tracer (${err.message}).`);
-  }
-  const data = await res.json().catch(() => null);
-  if (!res.ok) throw new ApiError(`The tracer answered: ${data?.error || `${res.status} ${res.statusText}`}`);
-  return data;
-}
 
 /** One page of the timeline; past the API's limit of 1000, several requests follow the cursor. */
 async function fetchPage(cursor, params, signal) {
