@@ -121,7 +121,6 @@ class Stuck:
     age_ns: int
     # (segments retransmitted in this state, when the last was) at the scan; None: none seen
     retransmits: tuple[int, int] | None = None
-    flags: int = 0  # the socket's record flags (TCPSTATE_F_*) at the scan: how its FIN was sent
 
     def evidence(self, now_ns: int) -> str:
         """What was seen, in one line: "LAST_ACK for 63 s: our FIN retransmitted 7 times

@@ -450,8 +450,7 @@ class Tracker:
                 rule = rules.rule(entry.port, state)
                 if age > rule.threshold_ns:
                     r = entry.retransmits
-                    stuck.append(Stuck(entry, rule, age, (r[1], r[2]) if r is not None and r[0] == state else None,
-                                       entry.flags))
+                    stuck.append(Stuck(entry, rule, age, (r[1], r[2]) if r is not None and r[0] == state else None))
                     counts[key] = counts.get(key, 0) + 1
         tw_floor = floors.get(_TIME_WAIT)
         length = self.timewait_ns
