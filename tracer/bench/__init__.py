@@ -36,11 +36,12 @@ def probe_blind_spots() -> str:
     """tracer.host.blindspots: threads on top of which the kernel runs no BPF program. A
     transition processed there is missed by the daemon and by tcpstates alike, and no
     counter says so: the reason a run can miss "nothing lost" by a transition or two."""
-    from tracer.host import blindspots, headers
+    from tracer.host import blindspots, headers, tracefs
 
     try:
         headers.prepare()
-    except headers.HeadersError as exc:
+        tracefs.ensure()  # as the daemon does: a fresh machine has it unmounted
+    except (headers.HeadersError, tracefs.TracefsError) as exc:
         return f"not probed: {exc}"
     return blindspots.summary(BLIND_PROBE_S)[0]
 
