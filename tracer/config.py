@@ -165,6 +165,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("web.listen_address", str, "127.0.0.1:9876",
             "address for /metrics, /healthz, /readyz (host:port; [::1]:port for IPv6; :port for all)",
             _listen_address),
+    Setting("web.config.file", Path, None,
+            "TLS, basic authentication and response headers, in the exporter-toolkit's web-config format "
+            "(as node_exporter's --web.config.file); without it, plain HTTP with no authentication"),
     Setting("msl", float, 30.0,
             "maximum segment lifetime in seconds; LAST_ACK and TIME_WAIT older than 2*MSL are stuck",
             _positive),
@@ -220,6 +223,7 @@ class Config:
     stuck_thresholds: dict = field(default_factory=dict)
     stuck_ports: dict = field(default_factory=dict)
     config_file: Path | None = None
+    web_config_file: Path | None = None
 
     @property
     def two_msl(self) -> float:
@@ -244,6 +248,8 @@ def parse_listen_address(value: str) -> tuple[str, int]:
 
 def _coerce(setting: Setting, raw: Any, where: str) -> tuple[Any, str | None]:
     kind = setting.kind
+    if raw is None and setting.default is None:  # optional, and not given
+        return None, None
     try:
         if kind is bool or isinstance(raw, bool):
             raise ValueError

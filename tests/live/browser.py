@@ -14,6 +14,7 @@ import ipaddress
 import json
 import queue
 import random
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.serving import make_server
 
 from tests.live.conftest import cannot_run
 from tracer.web import timeline
+from tracer.web.server import WebServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -276,16 +277,17 @@ class FakeApi:
 
 @contextmanager
 def serve(app: Flask) -> Iterator[str]:
-    """The app on 127.0.0.1 and a free port, in a thread; yields its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="fake-api", daemon=True)
-    thread.start()
+    """The app on 127.0.0.1 and a free port, served as the daemon serves it (cheroot,
+    behind the Guard and its Content-Security-Policy); yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    server = WebServer(sock, app)
+    server.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+        server.stop()
 
 
 @contextmanager

@@ -9,14 +9,13 @@ start() builds and starts them, run() serves until a signal.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
-import threading
 import time
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
-from werkzeug.serving import make_server
 
 from tracer.config import Config, parse_listen_address
 from tracer.core.clock import Clock, SystemClock
@@ -36,6 +35,9 @@ from tracer.host import headers, sysctl, tracefs
 from tracer.metrics import (ConflictFamilies, HealthFamilies, KernelFamilies, TableFamilies, TcpStateCollector,
                             build_info)
 from tracer.store import LifecycleStore, StoreError
+from tracer.web.server import WebServer
+from tracer.web import webconfig
+from tracer.web.webconfig import WebConfig, WebConfigError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ class Running:
     housekeeper: Housekeeper
     conflicts: BindConflicts
     store: LifecycleStore
-    server: object  # werkzeug BaseWSGIServer
+    server: WebServer
     registry: CollectorRegistry
     address: str
 
@@ -72,6 +74,27 @@ def _bind(address: str) -> socket.socket:
     return sock
 
 
+def _web_config(cfg: Config) -> WebConfig:
+    """The web config file's TLS and users; a warning when the address is reachable
+    from elsewhere and nothing protects it."""
+    try:
+        web = webconfig.load(cfg.web_config_file) if cfg.web_config_file else WebConfig()
+    except WebConfigError as exc:
+        raise StartupError(str(exc)) from None
+    host, _ = parse_listen_address(cfg.web_listen_address)
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: only localhost is known to stay on the host
+        loopback = host == "localhost"
+    if not loopback and (web.tls is None or not web.authenticates):
+        log.warning("listening on %s %s: anyone who can reach it reads this host's connections; set "
+                    "--web.config.file with tls_server_config and basic_auth_users (see README, Security)",
+                    cfg.web_listen_address,
+                    "without TLS or authentication" if web.tls is None and not web.authenticates
+                    else "without TLS" if web.tls is None else "without authentication")
+    return web
+
+
 def start(cfg: Config, clock: Clock | None = None) -> Running:
     """Binds the web address, attaches the program, starts the writer and the web server."""
     from tracer.sources.bcc import BccSource, SourceError
@@ -79,6 +102,7 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
 
     clock = clock or SystemClock()
     started_ns = clock.monotonic_ns()
+    web = _web_config(cfg)  # a bad file fails before anything is loaded
     listener = _bind(cfg.web_listen_address)  # first: a taken port fails fast
     try:
         tracefs.ensure()
@@ -124,27 +148,26 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
         HealthFamilies(labels, limits, build_info(source.bcc_version), lag=pipeline, kernel_table=reconciler,
                        timeline=flusher, store=store), labels, conflicts=ConflictFamilies(conflicts, labels)))
     app = create_app(registry, pipeline, scanner, clock, store=store, changes=changes, conflicts=conflicts)
-    host, port = parse_listen_address(cfg.web_listen_address)
-    server = make_server(host, port, app, threaded=True, fd=listener.fileno())
+    server = WebServer(listener, app, web)
     tune_gc()
     conflicts.start()
     pipeline.start()
     housekeeper.start()
-    threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
-    log.info("serving /metrics, /healthz, /readyz on http://%s (started in %.2f s)",
-             cfg.web_listen_address, (clock.monotonic_ns() - started_ns) / 1e9)
+    server.start()
+    log.info("serving /metrics, /healthz, /readyz on %s://%s%s (started in %.2f s)", server.scheme,
+             cfg.web_listen_address, ", basic authentication" if web.users else "",
+             (clock.monotonic_ns() - started_ns) / 1e9)
     return Running(pipeline, housekeeper, conflicts, store, server, registry, cfg.web_listen_address)
 
 
 def run(cfg: Config) -> int:
     """The `run` command: serves until SIGTERM or SIGINT; non-zero when the pipeline failed."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no log line per scrape
     running = start(cfg)
     stop = StopSignals()
     while not stop.stopping and not running.pipeline.wait(0):
         time.sleep(0.2)
     log.info("stopping")
-    running.server.shutdown()
+    running.server.stop()
     running.pipeline.stop()
     running.housekeeper.stop()  # after the writer: its last flush sees every event
     running.conflicts.stop()
