@@ -225,6 +225,8 @@ def test_openapi_parameters_are_the_ones_the_api_reads(spec):
     listed = [p["name"] for p in spec["paths"]["/api/v1/sockets"]["get"]["parameters"]]
     assert listed == ["port", "state", "addr", "since", "until", "limit", "cursor"]
     assert set(spec["paths"]) == {"/api/v1/sockets", "/api/v1/sockets/{id}", "/api/v1/bind-conflicts",
-                                  "/api/v1/no-local-port", "/api/v1/openapi.json"}
+                                  "/api/v1/no-local-port", "/api/v1/stuck", "/api/v1/stream",
+                                  "/api/v1/openapi.json"}
+    assert [p["name"] for p in spec["paths"]["/api/v1/stuck"]["get"]["parameters"]] == ["port", "state"]
     for path in ("/api/v1/bind-conflicts", "/api/v1/no-local-port"):
         assert [p["name"] for p in spec["paths"][path]["get"]["parameters"]] == ["port", "limit"]

@@ -56,8 +56,14 @@ def create_app(registry: CollectorRegistry, health: Health, stuck: StuckReports,
         from tracer.web import stream as stream_bp
 
         app.config["CHANGES"] = changes
-        app.config["VIEWERS"] = stream_bp.Viewers(8)
+        from tracer.web.server import VIEWERS
+
+        app.config["VIEWERS"] = stream_bp.Viewers(VIEWERS)
         app.register_blueprint(stream_bp.bp)
+
+    from tracer.web.sockets_api import check_parameters
+
+    app.before_request(check_parameters)
 
     @app.errorhandler(HTTPException)
     def json_error(exc: HTTPException):  # API clients get JSON, never an HTML page

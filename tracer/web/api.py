@@ -7,9 +7,10 @@ from typing import Any, Protocol
 from flask import Blueprint, current_app, jsonify
 
 from tracer.core.clock import Clock
-from tracer.core.detector import Report, Stuck
+from tracer.core.detector import WATCHED, Report, Stuck
 from tracer.core.record import comm_text, family_name, format_addr, role_name
 from tracer.core.states import STATE_NAMES
+from tracer.web.sockets_api import PORT, TIME, BadParameter, _error, _integer, _nullable, _state
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -59,11 +60,84 @@ def stuck_json(s: Stuck, clock: Clock, at_ns: int) -> dict[str, Any]:
 def stuck():
     reports: StuckReports = current_app.config["STUCK"]
     clock: Clock = current_app.config["CLOCK"]
+    try:
+        port = _integer("port", 1, 65535, "a port")
+        state = _state()
+    except BadParameter as exc:
+        return _error(str(exc), 400)
     report = reports.report
+    found = [s for s in report.stuck
+             if (port is None or s.entry.port == port) and (state is None or s.rule.state.name == state)]
     return jsonify(
         scanned_at=round(clock.wall(report.at_ns), 6),
-        total=len(report.stuck),
-        sockets=[stuck_json(s, clock, report.at_ns) for s in report.stuck],
-        counts=[{"port": port, "state": STATE_NAMES[state], "stuck": n}
-                for (port, state), n in sorted(report.counts.items()) if n],
+        total=len(found),
+        sockets=[stuck_json(s, clock, report.at_ns) for s in found],
+        counts=[{"port": p, "state": STATE_NAMES[st], "stuck": n}
+                for (p, st), n in sorted(report.counts.items())
+                if n and (port is None or p == port) and (state is None or STATE_NAMES[st] == state)],
     )
+
+
+# The contract (merged into /api/v1/openapi.json).
+
+_WATCHED_NAMES = [s.name for s in WATCHED]
+STUCK = {
+    "type": "object",
+    "description": "A socket past its state's threshold, with the evidence",
+    "required": ["id", "netns", "family", "laddr", "lport", "raddr", "rport", "state", "age_seconds", "since",
+                 "age_known", "service_port", "role", "pid", "comm", "retransmits", "evidence", "rule"],
+    "additionalProperties": False,
+    "properties": {
+        "id": _nullable({"type": "integer", "description": "Its life in the timeline (/api/v1/sockets/{id})"}),
+        "netns": _nullable({"type": "integer"}),
+        "family": {"type": "string", "enum": ["ipv4", "ipv6"]},
+        "laddr": {"type": "string"}, "lport": PORT, "raddr": {"type": "string"}, "rport": PORT,
+        "state": {"type": "string", "enum": _WATCHED_NAMES},
+        "age_seconds": {"type": "number", "minimum": 0},
+        "since": TIME,
+        "age_known": {"type": "boolean", "description": "false: found in the kernel's table, the age a lower bound"},
+        "service_port": PORT,
+        "role": {"type": "string"},
+        "pid": _nullable({"type": "integer"}),
+        "comm": _nullable({"type": "string"}),
+        "retransmits": _nullable({"type": "object", "required": ["count", "last"], "additionalProperties": False,
+                                  "properties": {"count": {"type": "integer", "minimum": 0}, "last": TIME}}),
+        "evidence": {"type": "string", "description": "Why it counts as stuck, in words"},
+        "rule": {"type": "object", "required": ["state", "threshold_seconds", "port", "description"],
+                 "additionalProperties": False,
+                 "properties": {"state": {"type": "string", "enum": _WATCHED_NAMES},
+                                "threshold_seconds": {"type": "number"},
+                                "port": _nullable({"type": "integer"}),
+                                "description": {"type": "string"}}},
+    },
+}
+STUCK_REPORT = {
+    "type": "object",
+    "required": ["scanned_at", "total", "sockets", "counts"],
+    "additionalProperties": False,
+    "properties": {
+        "scanned_at": TIME,
+        "total": {"type": "integer", "minimum": 0, "description": "Stuck sockets that match the filters"},
+        "sockets": {"type": "array", "items": {"$ref": "#/components/schemas/Stuck"}},
+        "counts": {"type": "array", "items": {
+            "type": "object", "required": ["port", "state", "stuck"], "additionalProperties": False,
+            "properties": {"port": PORT,
+                           "state": {"type": "string", "enum": _WATCHED_NAMES},
+                           "stuck": {"type": "integer", "minimum": 1}}}},
+    },
+}
+
+
+def openapi_paths(query: Any, json: Any) -> dict[str, Any]:
+    return {"/api/v1/stuck": {"get": {
+        "operationId": "listStuck",
+        "summary": "Sockets past their state's threshold at the latest scan (every second), with the evidence",
+        "parameters": [
+            query("port", {"type": "integer", "minimum": 1, "maximum": 65535}, "Only this service port"),
+            query("state", {"type": "string"}, f"Only this state: {', '.join(_WATCHED_NAMES)}"),
+        ],
+        "responses": {
+            "200": json("StuckReport", "The latest scan's stuck sockets"),
+            "400": json("Error", "A parameter is not valid; the message names it"),
+        },
+    }}}

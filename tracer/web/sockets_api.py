@@ -10,6 +10,7 @@ the contract; a unit test checks it and validates real answers against it.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -27,6 +28,7 @@ bp = Blueprint("sockets", __name__, url_prefix="/api/v1")
 DEFAULT_LIMIT = 100
 _DIGITS = re.compile(r"[0-9]{1,20}")
 MAX_ID = 2**63 - 1  # SQLite's integers
+MAX_VALUE = 256  # characters in a query parameter: an address, a state, a time or a cursor is far shorter
 
 
 class BadParameter(ValueError):
@@ -80,6 +82,40 @@ def _addr() -> str | None:
     return None if text is None else normalise_addr(text)  # ValueError names addr
 
 
+_PATH_VARIABLE = re.compile(r"<(?:[^:<>]+:)?[^<>]+>|\{[^{}]+\}")
+
+
+@functools.cache
+def _parameters() -> dict[str, frozenset[str]]:
+    """Each API path (its variables as {}) and the query parameters the document gives it."""
+    return {_PATH_VARIABLE.sub("{}", path): frozenset(p["name"] for p in op["get"].get("parameters", ())
+                                                     if p["in"] == "query")
+            for path, op in openapi_document()["paths"].items()}
+
+
+def check_parameters():
+    """Before every /api/v1 request: a parameter the document does not list for the
+    path, or one given twice, is a 400 naming it (a misspelt filter would otherwise
+    answer with everything)."""
+    rule = request.url_rule
+    if rule is None or not rule.rule.startswith("/api/v1/"):
+        return None
+    known = _parameters().get(_PATH_VARIABLE.sub("{}", rule.rule))
+    if known is None:
+        return None
+    for name in request.args:
+        if name not in known:
+            takes = f"it takes {', '.join(sorted(known))}" if known else "it takes none"
+            return _error(f"unknown parameter {name[:64]!r} for {rule.rule}: {takes}", 400)
+        values = request.args.getlist(name)
+        if len(values) > 1:
+            return _error(f"{name}: given more than once", 400)
+        if len(values[0]) > MAX_VALUE:
+            return _error(f"{name}: {len(values[0])} characters, longer than any value this API takes "
+                          f"(at most {MAX_VALUE})", 400)
+    return None
+
+
 @bp.get("/sockets")
 def sockets():
     store: LifecycleStore = current_app.config["STORE"]
@@ -104,7 +140,7 @@ def sockets():
 def socket(id_text: str):
     store: LifecycleStore = current_app.config["STORE"]
     if not _DIGITS.fullmatch(id_text) or int(id_text) > MAX_ID:
-        return _error(f"no socket with id {id_text!r} (ids are whole numbers)", 404)
+        return _error(f"no socket with id {id_text[:32]!r} (ids are whole numbers)", 404)
     try:
         record = store.get(int(id_text))
         if record is None:
@@ -241,7 +277,8 @@ def _json(ref: str, description: str) -> dict[str, Any]:
 
 
 def openapi_document() -> dict[str, Any]:
-    from tracer.web import conflicts_api  # noqa: PLC0415 (it imports this module's schemas)
+    from tracer.web import api as stuck_api  # noqa: PLC0415 (they import this module's schemas)
+    from tracer.web import conflicts_api  # noqa: PLC0415
 
     unavailable = _json("Error", "The store could not be read")
     return {
@@ -288,6 +325,14 @@ def openapi_document() -> dict[str, Any]:
                 },
             }},
             **conflicts_api.openapi_paths(_query, _json),
+            **stuck_api.openapi_paths(_query, _json),
+            "/api/v1/stream": {"get": {
+                "operationId": "stream",
+                "summary": "Server-sent events: `changed` whenever the timeline was written",
+                "responses": {"200": {"description": "An event stream (text/event-stream)",
+                                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                              "503": _json("Error", "Too many live viewers")},
+            }},
             "/api/v1/openapi.json": {"get": {
                 "operationId": "openapi",
                 "summary": "This document",
@@ -299,5 +344,6 @@ def openapi_document() -> dict[str, Any]:
                                    "Page": PAGE, "Error": ERROR, "BindConflict": conflicts_api.CONFLICT,
                                    "BindConflicts": conflicts_api.CONFLICTS,
                                    "NoLocalPort": conflicts_api.NO_LOCAL_PORT,
-                                   "NoLocalPorts": conflicts_api.NO_LOCAL_PORTS}},
+                                   "NoLocalPorts": conflicts_api.NO_LOCAL_PORTS,
+                                   "Stuck": stuck_api.STUCK, "StuckReport": stuck_api.STUCK_REPORT}},
     }
