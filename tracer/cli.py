@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where the daemon listens (default: as configured, 127.0.0.1:9876)")
     stuck.add_argument("--json", action="store_true", help="the API's JSON as it is")
     stuck.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML configuration file")
+    stuck.add_argument("--web.config.file", dest="web_config_file", metavar="PATH",
+                       help="the daemon's web config: TLS to it (trusting its certificate); a password from "
+                            "TCPSTATE_TRACER_WEB_USER and TCPSTATE_TRACER_WEB_PASSWORD")
 
     conflicts = sub.add_parser("conflicts", help="refused bind() calls and connects with no free local port, "
                                                  "from the running daemon",
@@ -88,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     conflicts.add_argument("--json", action="store_true",
                            help="the API's JSON: both answers in one object (conflicts, refused)")
     conflicts.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML configuration file")
+    conflicts.add_argument("--web.config.file", dest="web_config_file", metavar="PATH",
+                       help="the daemon's web config: TLS to it (trusting its certificate); a password from "
+                            "TCPSTATE_TRACER_WEB_USER and TCPSTATE_TRACER_WEB_PASSWORD")
 
     port = sub.add_parser("port", help="who holds a TCP port now, in every namespace (no daemon needed)",
                           description="Read the kernel's socket table in every network namespace: the "
@@ -287,21 +293,65 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _ask_daemon(args: argparse.Namespace, path: str) -> str:
-    """GET ``path`` from the running daemon's API; the body as text."""
+    """GET ``path`` from the running daemon's API; the body as text. With the daemon's
+    web config (--web.config.file), over TLS, trusting the daemon's own certificate,
+    and with TCPSTATE_TRACER_WEB_USER and TCPSTATE_TRACER_WEB_PASSWORD when it asks for
+    a password (an environment variable, not a flag: a flag shows in ps)."""
+    import base64
     import urllib.error
     import urllib.request
+
+    from tracer.web import webconfig
 
     cfg = _load_config(args)
     host, port = config.parse_listen_address(cfg.web_listen_address)
     host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}{path}"
+    context, scheme, headers = None, "http", {}
+    if cfg.web_config_file:
+        try:
+            web = webconfig.load(cfg.web_config_file)
+        except webconfig.WebConfigError as exc:
+            raise CliError(str(exc)) from None
+        if web.tls is not None:
+            scheme, context = "https", _trust_the_daemon(cfg.web_config_file)
+    user, password = os.environ.get("TCPSTATE_TRACER_WEB_USER"), os.environ.get("TCPSTATE_TRACER_WEB_PASSWORD")
+    if user and password is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}{path}"
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10,
+                                    context=context) as resp:
             return resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise CliError(f"the daemon at {url} asks for a password: set TCPSTATE_TRACER_WEB_USER and "
+                           "TCPSTATE_TRACER_WEB_PASSWORD" + (" (these were refused)" if headers else "")) from None
+        raise CliError(f"the daemon at {url} answered {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        hint = ("is it served over TLS? give its --web.config.file" if scheme == "http"
+                else "is `tcpstate-tracer run` running there with this web config?")
         raise CliError(f"cannot reach the daemon at {url}: {reason} "
-                       "(is `tcpstate-tracer run` running there? see --web.listen-address)") from None
+                       f"(is `tcpstate-tracer run` running there? see --web.listen-address; {hint})") from None
+
+
+def _trust_the_daemon(path: Path):
+    """A TLS context that trusts the certificate the daemon's web config serves (as
+    an anchor of its own, CA-signed or not), for a client on the daemon's host."""
+    import ssl
+
+    import yaml
+
+    tls = (yaml.safe_load(path.read_text()) or {}).get("tls_server_config") or {}
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False  # 127.0.0.1 need not be among the certificate's names
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    if tls.get("cert"):
+        ctx.load_verify_locations(cadata=tls["cert"])
+    else:
+        cert = Path(tls["cert_file"])
+        ctx.load_verify_locations(cafile=str(cert if cert.is_absolute() else path.parent / cert))
+    return ctx
 
 
 def cmd_stuck(args: argparse.Namespace) -> int:

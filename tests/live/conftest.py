@@ -62,9 +62,11 @@ def tracer_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "tracer", *args]
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+def http_get(url: str, timeout: float = 5.0, context: Any = None, headers: dict | None = None) -> tuple[int, str]:
+    """GET; ``context`` an ssl.SSLContext for https, ``headers`` extra request headers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout,
+                                    context=context) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -82,24 +84,27 @@ class Daemon:
         return body
 
 
-def start_daemon(tmp: Path, *flags: str, ready_timeout: float = 20.0) -> Daemon:
+def start_daemon(tmp: Path, *flags: str, ready_timeout: float = 20.0, scheme: str = "http",
+                 context: Any = None) -> Daemon:
     """A daemon on a free port. Unless a test sets --max-ports, every port gets a label:
-    earlier tests leave TIME_WAIT on many ports, which would use up the default cap."""
+    earlier tests leave TIME_WAIT on many ports, which would use up the default cap.
+    ``scheme`` https, with ``context``, for a daemon given a web config with TLS (its
+    /readyz open to probes)."""
     if "--max-ports" not in flags:
         flags += ("--max-ports", "65535")
     if "--db" not in flags:
         flags += ("--db", str(tmp / "timeline.db"))
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"{scheme}://127.0.0.1:{free_port()}"
     log = tmp / "daemon.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(tracer_cmd("run", "--web.listen-address", url.removeprefix("http://"), *flags),
+        proc = subprocess.Popen(tracer_cmd("run", "--web.listen-address", url.split("://")[1], *flags),
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"daemon exited with {proc.returncode}:\n{log.read_text()}")
         try:
-            if http_get(url + "/readyz", timeout=1)[0] == 200:
+            if http_get(url + "/readyz", timeout=1, context=context)[0] == 200:
                 return Daemon(proc, url, log)
         except OSError:
             pass
