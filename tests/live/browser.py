@@ -276,9 +276,10 @@ class FakeApi:
 
 
 @contextmanager
-def serve(app: Flask) -> Iterator[str]:
+def serve(app: Flask, on_stop: Any = None) -> Iterator[str]:
     """The app on 127.0.0.1 and a free port, served as the daemon serves it (cheroot,
-    behind the Guard and its Content-Security-Policy); yields its base URL."""
+    behind the Guard and its Content-Security-Policy); yields its base URL. ``on_stop``
+    runs before the server stops (it ends the stand-in's streams, which hold workers)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
@@ -287,6 +288,8 @@ def serve(app: Flask) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
+        if on_stop is not None:
+            on_stop()
         server.stop()
 
 
@@ -294,7 +297,7 @@ def serve(app: Flask) -> Iterator[str]:
 def fake_api(sockets: list[dict[str, Any]], stream: str = "events") -> Iterator[tuple[FakeApi, str]]:
     api = FakeApi(sockets, stream)
     try:
-        with serve(api.app) as url:
+        with serve(api.app, on_stop=api.stopped.set) as url:
             yield api, url
     finally:
         api.stopped.set()

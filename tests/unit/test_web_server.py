@@ -265,3 +265,36 @@ def test_answers_come_in_parallel_up_to_the_pool(pki):
             t.join(10)
         assert results == [200] * THREADS
         assert time.monotonic() - start < 0.5 * THREADS / 2  # not one after the other
+
+
+def test_stop_ends_the_live_streams_at_once():
+    """A viewer's stream holds a worker for minutes; the server's stop waits for its
+    workers, so the streams end first (SIGTERM does not wait for a browser tab)."""
+    from prometheus_client import CollectorRegistry
+
+    from tracer.web import create_app
+
+    class Health:
+        def alive(self):
+            return True, "ok"
+
+        def ready(self):
+            return True, "ok"
+
+    class Changes:
+        version, written_at = 0, 0.0
+
+    app = create_app(CollectorRegistry(), Health(), None, None, changes=Changes())
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    server = WebServer(sock, app)
+    server.start()
+    conn = http.client.HTTPConnection("127.0.0.1", sock.getsockname()[1], timeout=10)
+    conn.request("GET", "/api/v1/stream")
+    r = conn.getresponse()
+    assert r.status == 200 and r.read(7) == b"retry: "
+    start = time.monotonic()
+    server.stop()
+    assert time.monotonic() - start < 3
+    conn.close()

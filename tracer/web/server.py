@@ -20,14 +20,15 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any
-
 from cheroot import server as cheroot_server
 from cheroot import wsgi
 from cheroot.makefile import StreamReader, StreamWriter
 from cheroot.ssl import Adapter
 
+from flask import Flask
+
 from tracer.web.guard import Guard
+from tracer.web.stream import Viewers
 from tracer.web.webconfig import TlsConfig, WebConfig
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class _ReadableFirst(cheroot_server.connections.ConnectionManager):
 class WebServer:
     """cheroot serving ``app`` on an already bound, listening socket."""
 
-    def __init__(self, sock: socket.socket, app: Any, config: WebConfig | None = None) -> None:
+    def __init__(self, sock: socket.socket, app: Flask, config: WebConfig | None = None) -> None:
         config = config or WebConfig()
         self.tls = config.tls is not None
         self._server = wsgi.Server(sock.getsockname()[:2], Guard(app, config), numthreads=THREADS, max=THREADS,
@@ -124,6 +125,7 @@ class WebServer:
             self._server.ssl_adapter = _TlsAdapter(config.tls)
             self._server.ConnectionClass = TlsConnection
         self._thread: threading.Thread | None = None
+        self._viewers: Viewers | None = app.config.get("VIEWERS")  # the live streams, ended first at stop
 
     @property
     def scheme(self) -> str:
@@ -144,6 +146,8 @@ class WebServer:
         self._thread.start()
 
     def stop(self) -> None:
+        if self._viewers is not None:
+            self._viewers.close()
         self._server.stop()
         if self._thread is not None:
             self._thread.join(5)

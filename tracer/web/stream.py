@@ -35,12 +35,19 @@ class TimelineChanges(Protocol):
 
 
 class Viewers:
+    """The live streams: at most ``limit`` at once, and all ended by close() (the
+    server's stop waits for its workers, and a stream would hold one for minutes)."""
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._slots = threading.BoundedSemaphore(limit)
+        self.closing = threading.Event()
 
     def enter(self) -> bool:
-        return self._slots.acquire(blocking=False)
+        return not self.closing.is_set() and self._slots.acquire(blocking=False)
+
+    def close(self) -> None:
+        self.closing.set()
 
     def leave(self) -> None:
         self._slots.release()
@@ -61,7 +68,8 @@ def stream():
             yield "retry: 5000\n\n"
             started = quiet = time.monotonic()
             while time.monotonic() - started < STREAM_SECONDS:
-                time.sleep(interval)
+                if viewers.closing.wait(interval):
+                    return
                 if changes.version != seen:
                     seen = changes.version
                     quiet = time.monotonic()
