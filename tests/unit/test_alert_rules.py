@@ -125,7 +125,7 @@ def exported() -> dict[str, set[str]]:
         conflicts = SimpleNamespace(dropped=0, counts=lambda: {(8080, "time_wait"): 1})
         collector = TcpStateCollector(
             KernelFamilies(source, labels), TableFamilies(tracker, labels, stuck=housekeeping),
-            HealthFamilies(labels, limits, build_info(source.bcc_version), lag=SimpleNamespace(lag_s=0.0),
+            HealthFamilies(labels, limits, build_info(source.bcc_version), lag=SimpleNamespace(lag_s=0.0, records_failed=0),
                            kernel_table=housekeeping), labels, conflicts=ConflictFamilies(conflicts, labels))
         families = list(collector.collect())
     finally:

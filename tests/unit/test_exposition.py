@@ -68,6 +68,7 @@ class Housekeeping:
 @dataclass
 class PipelineLag:
     lag_s: float
+    records_failed: int = 0
 
 
 class WithKernelStats:

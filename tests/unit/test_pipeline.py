@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from tracer.core import record
 from tracer.core.clock import FakeClock
 from tracer.core.states import TcpState as S
@@ -123,3 +125,58 @@ def test_a_writer_that_stops_checking_in_is_reported_stuck():
     finally:
         source.hang.set()
         pipeline.stop()
+
+
+def test_a_record_that_raises_is_counted_logged_and_skipped_and_the_rest_goes_on(event, caplog, monkeypatch):
+    """Three sockets' lives in one batch, a fourth in the next; applying socket 2's
+    raises. The others are applied, socket 2's record is counted, its traceback logged
+    once in the window, and /healthz says degraded, not dead."""
+    def life(sk: int, port: int):
+        return record.unpack(record.pack([
+            event(sk, S.CLOSE, S.SYN_SENT, ts_ns=100 + sk, dport=port, service_port=port, role=1),
+            event(sk, S.SYN_SENT, S.CLOSE, ts_ns=200 + sk, dport=port, service_port=port, role=1)]))
+
+    batch1 = record.RecordBatch.of([life(1, 80), life(2, 81), life(3, 82)])
+    batch2 = [life(4, 83), life(2, 81)]  # a list, as a sweep hands it: socket 2 fails again
+    clock = FakeClock(start_ns=1000)
+    tracker = Tracker(TW_NS, 100)
+    real = tracker._apply_events
+    monkeypatch.setattr(tracker, "_apply_events",
+                        lambda rec: (_ for _ in ()).throw(ValueError("poisoned")) if rec[1] == 2 else real(rec))
+    # Every record by the long path, where the poisoned one is seen one at a time.
+    monkeypatch.setattr(tracker.short, "candidates", lambda a, plans, which: np.zeros(len(a), bool))
+    pipeline = Pipeline(Source([batch1, batch2], []), tracker, clock)
+    with caplog.at_level("ERROR", logger="tracer.daemon.pipeline"):
+        pipeline.start()
+        assert pipeline.wait(10)
+    assert pipeline.failure is None, pipeline.failure
+    assert pipeline.records_failed == 2
+    assert tracker.events == 6  # sockets 1, 3 and 4, two transitions each
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info and "poisoned" in str(errors[0].exc_info[1])
+    # The writer has ended (the source ran out); ask as a running one would be asked.
+    monkeypatch.setattr(pipeline._thread, "is_alive", lambda: True)
+    ok, detail = pipeline.alive()
+    assert ok and detail.startswith("degraded: ") and "2 record(s) failed" in detail and "poisoned" in detail
+
+
+def test_healthz_tells_degraded_from_dead():
+    from prometheus_client import CollectorRegistry
+
+    from tracer.web import create_app
+
+    class Health:
+        def __init__(self, alive):
+            self._alive = alive
+
+        def alive(self):
+            return self._alive
+
+        def ready(self):
+            return self._alive
+
+    for alive, code, status in (((True, "event pipeline running"), 200, "ok"),
+                                ((True, "degraded: event pipeline running, 1 record(s) failed"), 200, "degraded"),
+                                ((False, "event pipeline stopped: OSError: x"), 503, "unavailable")):
+        res = create_app(CollectorRegistry(), Health(alive), None, FakeClock()).test_client().get("/healthz")
+        assert (res.status_code, res.get_json()["status"]) == (code, status)

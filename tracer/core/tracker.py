@@ -38,7 +38,7 @@ from tracer.core.corrections import Corrections
 from tracer.core.shortpath import ShortPath
 from tracer.core.timewait import EXPIRES, SINCE, TimeWait, TimeWaitModel
 
-__all__ = ["DURATION_BUCKETS_S", "Histogram", "OutcomesSnapshot", "PENDING_LIVES_MAX", "RECONCILED_STATES",
+__all__ = ["BadRecords", "DURATION_BUCKETS_S", "Histogram", "OutcomesSnapshot", "PENDING_LIVES_MAX", "RECONCILED_STATES",
            "SocketEntry", "Tracker", "TrackerStats"]
 
 _CLOSE = TcpState.CLOSE.value
@@ -62,6 +62,16 @@ def _connect_failure(reset: bool, sport: int) -> str:
     if reset:
         return "refused"
     return "timeout" if sport else "no_local_port"
+
+
+class BadRecords(Exception):
+    """Applying records [first, end) of a batch raised ``cause``; those before were
+    applied, those from ``end`` on were not tried. What the failed ones had changed
+    stays: the next read of the kernel's table corrects such a socket."""
+
+    def __init__(self, first: int, end: int, cause: Exception) -> None:
+        super().__init__(f"records {first}-{end - 1} of the batch: {type(cause).__name__}: {cause}")
+        self.first, self.end, self.cause = first, end, cause
 
 
 @dataclass(frozen=True)
@@ -91,12 +101,8 @@ class Tracker:
             raise ValueError("timewait_ns and max_sockets must be positive")
         self.timewait_ns = timewait_ns
         self.max_sockets = max_sockets
-        self.rules = rules
-        self._stuck_floor = rules.lowest_ns() if rules else {}
-        # The same by state number, with no floor where no rule watches the state.
-        self._floors = [self._stuck_floor.get(state, 1 << 62) for state in range(16)]
-        self._min_floor = min(self._floors)
         self.lock = threading.Lock()
+        self._set_rules(rules)
         # (service port, state) -> sockets now in it, the table's and the TIME_WAIT model's.
         self.counts: dict[tuple[int, int], int] = {}
         self.outcome = Outcomes()
@@ -351,6 +357,19 @@ class Tracker:
 
     # -- writer side: the kernel's records ---------------------------------------
 
+    def _set_rules(self, rules: Rules | None) -> None:
+        self.rules = rules
+        self._stuck_floor = rules.lowest_ns() if rules else {}
+        # The same by state number, with no floor where no rule watches the state.
+        self._floors = [self._stuck_floor.get(state, 1 << 62) for state in range(16)]
+        self._min_floor = min(self._floors)
+
+    def replace_rules(self, rules: Rules) -> None:
+        """New stuck thresholds (SIGHUP): the next scan judges every socket by them; a
+        socket already counted stuck in its state is not counted again."""
+        with self.lock:
+            self._set_rules(rules)
+
     def apply_records(self, batch: Sequence[Record] | RecordBatch) -> None:
         """Applies the kernel's records (tracer/core/record.py): a record of one event
         as that event, a young socket's whole life at once; runs of lives the short
@@ -367,18 +386,25 @@ class Tracker:
             long = np.flatnonzero(~short.candidates(a, plans, which)).tolist()
             start = applied = 0
             apply = self._apply
-            for i, rec in zip(long + [n], batch.records(long) + [None]):
-                if i > start:
-                    applied += short.runs(batch, plans, which, start, i)
-                if rec is None:
-                    break
-                if rec[MORE_AT]:
-                    applied += self._apply_events(rec)
-                else:  # a transition on its own: a socket older than its first moments
-                    apply(rec[:MORE_AT])
-                    applied += 1
-                start = i + 1
-            self.events += applied
+            in_run = True
+            try:
+                for i, rec in zip(long + [n], batch.records(long) + [None]):
+                    if i > start:
+                        in_run = True
+                        applied += short.runs(batch, plans, which, start, i)
+                    if rec is None:
+                        break
+                    in_run = False
+                    if rec[MORE_AT]:
+                        applied += self._apply_events(rec)
+                    else:  # a transition on its own: a socket older than its first moments
+                        apply(rec[:MORE_AT])
+                        applied += 1
+                    start = i + 1
+            except Exception as exc:  # the unit that failed: a run of the short path, or one record
+                raise BadRecords(start, i if in_run else i + 1, exc) from exc
+            finally:
+                self.events += applied
 
     def _apply_events(self, rec: Record) -> int:
         """The long path: the record's events one by one."""

@@ -20,6 +20,7 @@ class EventLag(Protocol):
     """The event reader (the writer thread)."""
 
     lag_s: float  # how far behind the kernel the last batch was applied
+    records_failed: int  # records that raised while being applied, skipped
 
 
 class KernelTableReads(Protocol):
@@ -73,6 +74,9 @@ class HealthFamilies:
         if self._lag is not None:
             yield gauge("tcpstate_event_lag_seconds",
                         "How far behind the kernel the last batch of events was applied", [], {(): self._lag.lag_s})
+            yield counter("tcpstate_records_failed",
+                          "Kernel records that raised while being applied and were skipped (logged with their "
+                          "traceback; /healthz says degraded)", [], {(): self._lag.records_failed})
         if self._kernel_table is not None:
             yield gauge(
                 "tcpstate_kernel_table_read_duration_seconds",

@@ -18,7 +18,10 @@ class Health(Protocol):
 
 
 def _answer(ok: bool, detail: str):
-    return jsonify(status="ok" if ok else "unavailable", detail=detail), 200 if ok else 503
+    """200 while alive: "degraded" when it runs but has had to skip work (a restart would
+    not help, so a liveness probe must not restart it), 503 when it does not run."""
+    status = ("degraded" if detail.startswith("degraded") else "ok") if ok else "unavailable"
+    return jsonify(status=status, detail=detail), 200 if ok else 503
 
 
 @bp.get("/healthz")
