@@ -182,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tracer import daemon
 
     try:
-        return daemon.run(cfg)
+        return daemon.run(cfg, reload=lambda: config.load(vars(args)))
     except daemon.StartupError as exc:
         raise CliError(str(exc)) from None
 

@@ -13,11 +13,12 @@ import ipaddress
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from tracer.config import Config, parse_listen_address
+from tracer.config import Config, ConfigError, parse_listen_address
 from tracer.core.clock import Clock, SystemClock
 from tracer.core.ports import PortLabels
 from tracer.core.tracker import Tracker
@@ -29,7 +30,7 @@ from tracer.daemon.losses import LossLogger
 from tracer.daemon.memory import tune_gc
 from tracer.daemon.pipeline import Pipeline
 from tracer.daemon.reconciler import Reconciler
-from tracer.daemon.signals import StopSignals
+from tracer.daemon.signals import ReloadSignal, StopSignals
 from tracer.daemon.stuck import StuckScanner
 from tracer.host import headers, sysctl, tracefs
 from tracer.metrics import (ConflictFamilies, HealthFamilies, KernelFamilies, TableFamilies, TcpStateCollector,
@@ -160,11 +161,31 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
     return Running(pipeline, housekeeper, conflicts, store, server, registry, cfg.web_listen_address)
 
 
-def run(cfg: Config) -> int:
-    """The `run` command: serves until SIGTERM or SIGINT; non-zero when the pipeline failed."""
+def reload_rules(running: Running, reload: Callable[[], Config]) -> bool:
+    """SIGHUP: the stuck thresholds again from the configuration (file, environment,
+    flags). A configuration with a problem keeps the rules in force, and says why.
+    Other settings need a restart."""
+    try:
+        rules = reload().rules()
+    except (ConfigError, ValueError) as exc:
+        log.error("SIGHUP: configuration not reloaded, the stuck thresholds in force stay: %s", exc)
+        return False
+    running.pipeline.tracker.replace_rules(rules)
+    log.info("SIGHUP: stuck thresholds reloaded: %s",
+             "; ".join(r.describe() for r in [*rules.defaults.values(),
+                                              *(r for t in rules.ports.values() for r in t.values())]))
+    return True
+
+
+def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
+    """The `run` command: serves until SIGTERM or SIGINT, reloads the stuck thresholds
+    on SIGHUP (``reload`` reads the configuration again); non-zero when the pipeline failed."""
     running = start(cfg)
     stop = StopSignals()
+    hup = ReloadSignal()
     while not stop.stopping and not running.pipeline.wait(0):
+        if hup.take() and reload is not None:
+            reload_rules(running, reload)
         time.sleep(0.2)
     log.info("stopping")
     running.server.stop()

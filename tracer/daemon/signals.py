@@ -24,3 +24,18 @@ class StopSignals:
     @property
     def stopping(self) -> bool:
         return self.received is not None
+
+
+class ReloadSignal:
+    """SIGHUP: a flag the daemon's main loop takes (``take()``), as StopSignals does."""
+
+    def __init__(self, sig: int = signal.SIGHUP) -> None:
+        self.pending = False
+        signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.pending = True
+
+    def take(self) -> bool:
+        pending, self.pending = self.pending, False
+        return pending
