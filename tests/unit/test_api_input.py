@@ -4,6 +4,7 @@ hundred generated ones (Hypothesis); paging exact while the store is written."""
 
 from __future__ import annotations
 
+import os
 import string
 from pathlib import Path
 from urllib.parse import quote
@@ -159,7 +160,7 @@ MALFORMED = [
     "/api/v1/sockets?cursor=1000.0:1", "/api/v1/sockets?cursor=eyJ4IjoxfQ", "/api/v1/sockets?cursor=" + "A" * 400,
     # unknown and repeated parameters, unknown paths
     "/api/v1/sockets?prot=8080", "/api/v1/stuck?ports=80", "/api/v1/sockets?limit=1&limit=2",
-    "/api/v1/nothing", "/api/v2/sockets", "/api/v1/sockets/1/peer",
+    "/api/v1/nothing", "/api/v2/sockets", "/api/v1/sockets/1/peer", "/api/v1/sockets/%2F0", "/api/v1//stuck",
 ]
 
 
@@ -190,7 +191,7 @@ _params = st.lists(st.tuples(st.one_of(st.sampled_from(NAMES), st.text(string.as
                                                                          max_size=12)), _values), max_size=4)
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=int(os.environ.get("API_FUZZ_EXAMPLES", "600")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(path=st.sampled_from(PATHS), sid=st.one_of(st.integers(-5, 60).map(str), st.text(max_size=12)),
        params=_params)

@@ -28,6 +28,8 @@ def create_app(registry: CollectorRegistry, health: Health, stuck: StuckReports,
     stream (/api/v1/stream; without it the page polls); ``conflicts``
     /api/v1/bind-conflicts."""
     app = Flask(__name__, static_folder=None)  # the timeline serves its own assets
+    # /api/v1/sockets//1 is no socket: a 404 in JSON, not a redirect to /api/v1/sockets/1.
+    app.url_map.merge_slashes = False
     app.config["REGISTRY"] = registry
     app.config["HEALTH"] = health
     app.config["STUCK"] = stuck
