@@ -51,7 +51,7 @@ def test_the_sqlite_store_is_a_lifecycle_store(store):
 
 def test_the_protocol_declares_what_the_daemon_and_the_web_call():
     assert sorted(name for name in vars(LifecycleStore) if not name.startswith("_")) == [
-        "close", "close_stale", "get", "next_id", "peer", "query", "retain", "stats", "write"]
+        "close", "close_stale", "get", "next_id", "open_lives", "peer", "query", "retain", "stats", "write"]
 
 
 @pytest.mark.parametrize("record", [

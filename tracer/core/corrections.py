@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from tracer.core.kernel_socket import Conn, KernelSocket
+from tracer.core.lifecycle import KIND_NAMES, Lifecycle
+from tracer.core.record import parse_addr
 from tracer.core.sockets import SocketEntry
-from tracer.core.states import Role, TcpState
+from tracer.core.states import ROLE_NAMES, Role, TcpState
 from tracer.core.timewait import EXPIRES, NETNS, SINCE, TimeWait
 
 _CLOSE = TcpState.CLOSE.value
@@ -18,6 +20,33 @@ _TIME_WAIT = TcpState.TIME_WAIT.value
 _LISTEN = TcpState.LISTEN.value
 # A re-armed TIME_WAIT timer shows as more time left in the kernel than in the model.
 _REARM_SLACK_NS = 1_000_000_000
+
+
+_ROLES = {name: value for value, name in ROLE_NAMES.items()}
+_MARK_KINDS = {name: kind for kind, name in KIND_NAMES.items()}
+_OPENING = ("SYN_SENT", "SYN_RECV", "LISTEN")
+
+
+def _mono(unix_s: float, offset_ns: int) -> int:
+    """A stored time (Unix seconds, to the microsecond) as monotonic nanoseconds; by
+    whole microseconds, since a float holds Unix nanoseconds only to 256 ns."""
+    return round(unix_s * 1e6) * 1000 - offset_ns
+
+
+def _conn_of(life: Lifecycle) -> Conn:
+    return (parse_addr(life.laddr)[1], life.lport, parse_addr(life.raddr)[1], life.rport)
+
+
+def _take(earlier: dict[Conn, list[Lifecycle]], k: KernelSocket) -> Lifecycle | None:
+    """The previous run's open life of this kernel socket: the same connection, in the
+    same namespace when the life knew its namespace."""
+    lives = earlier.get(k.conn)
+    if not lives:
+        return None
+    for i, life in enumerate(lives):
+        if life.netns is None or life.netns == k.netns:
+            return lives.pop(i)
+    return None
 
 
 class Corrections:
@@ -29,19 +58,39 @@ class Corrections:
         self.timewait_rearmed = 0
 
     def load_baseline(self, kernel: Iterable[KernelSocket], now_ns: int,
-                      ephemeral: range = range(32768, 61000)) -> int:
+                      ephemeral: range = range(32768, 61000), previous: Iterable[Lifecycle] = (),
+                      offset_ns: int = 0) -> int:
         """Loads the sockets that exist before any event names them. Their age is
         known only from now on. Their role is inferred, since nobody saw them open: a
         socket on a port something listens on is the passive side, and so is one whose
         local port is outside the ephemeral range while its peer's is inside it (its
-        listener may be gone); any other is the active opener."""
+        listener may be gone); any other is the active opener.
+
+        ``previous``: the lives a previous run left open in the timeline. A socket the
+        kernel still has continues its life (its id, role, service port, owner, states
+        and marks; ``offset_ns`` turns their Unix times back into monotonic ones), so a
+        restart neither duplicates it nor ends it. What happened to it while no daemon
+        ran is not known: a state it changed to meanwhile begins now. Returns the
+        sockets loaded; ``self.continued`` holds the ids of the lives continued."""
         kernel = list(kernel)
         listening = {k.sport for k in kernel if k.state == _LISTEN}
+        earlier: dict[Conn, list[Lifecycle]] = {}
+        for life in previous:
+            try:
+                earlier.setdefault(_conn_of(life), []).append(life)
+            except ValueError:  # an address the store could not have written: leave it to end
+                continue
+        self.continued: set[int] = set()
         loaded = 0
         with self.tracker.lock:
             for k in kernel:
+                if k.state == _CLOSE:
+                    continue
                 lport, rport = k.sport, k.dport
-                if k.state == _LISTEN:
+                life = _take(earlier, k)
+                if life is not None:
+                    role, port = _ROLES.get(life.role, Role.UNKNOWN.value), life.service_port
+                elif k.state == _LISTEN:
                     role, port = Role.LISTENER.value, lport
                 elif lport in listening or (lport not in ephemeral and rport in ephemeral):
                     role, port = Role.PASSIVE.value, lport
@@ -49,13 +98,11 @@ class Corrections:
                     role, port = Role.ACTIVE.value, rport
                 if k.state == _TIME_WAIT:
                     if k.conn not in self.tracker.tw:
-                        self._add_kernel_timewait(k, now_ns, role, port)
+                        self._add_kernel_timewait(k, now_ns, role, port, life, offset_ns)
                         loaded += 1
                     continue
-                if k.state == _CLOSE:
-                    continue
                 entry = SocketEntry.from_kernel(k, now_ns, role, port)
-                entry.uid = self.tracker.journal.take_uid()
+                self._identify(entry, life, offset_ns)
                 if self.tracker.journal.keep:
                     self.tracker.journal.changed[entry.uid] = entry
                 self.tracker.table.add_baseline(entry)
@@ -63,11 +110,37 @@ class Corrections:
             self.tracker.table.baseline_sockets += loaded
         return loaded
 
-    def _add_kernel_timewait(self, k: KernelSocket, now_ns: int, role: int, port: int) -> TimeWait:
+    def _identify(self, entry: SocketEntry, life: Lifecycle | None, offset_ns: int) -> None:
+        """A new id, or the previous run's life of this socket, continued."""
+        if life is None:
+            entry.uid = self.tracker.journal.take_uid()
+            return
+        entry.uid = life.id
+        self.continued.add(life.id)
+        history: list[int] = []
+        for span in life.states:
+            history += (TcpState[span.state].value, _mono(span.since, offset_ns))
+        if history[-2] == entry.state:  # in it since the previous run saw it enter it
+            entry.since_ns = history[-1]
+        else:
+            history += (entry.state, entry.since_ns)
+        entry.history = history
+        entry.first_ns = history[1]
+        entry.opened = life.states[0].state in _OPENING
+        if not entry.pid and life.pid:
+            entry.pid, entry.comm = life.pid, (life.comm or "").encode()[:15].ljust(16, b"\0")
+        if life.marks:
+            marks = [life.marks_dropped]
+            for m in life.marks:
+                marks += (_MARK_KINDS[m.kind], TcpState[m.state].value, _mono(m.at, offset_ns))
+            entry.marks = marks
+
+    def _add_kernel_timewait(self, k: KernelSocket, now_ns: int, role: int, port: int,
+                             life: Lifecycle | None = None, offset_ns: int = 0) -> TimeWait:
         # Without a re-arm the TIME_WAIT began (length - time left) ago; that is a
         # lower bound of its age, hence age_known stays False.
         entry = SocketEntry.from_kernel(k, self._kernel_began(k, now_ns), role, port)
-        entry.uid = self.tracker.journal.take_uid()
+        self._identify(entry, life, offset_ns)
         tw = self.tracker._enter_timewait(entry)
         self.tracker.tw.extend(tw, now_ns + k.expires_ns)
         return tw

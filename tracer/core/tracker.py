@@ -427,9 +427,11 @@ class Tracker:
             self.tw.expire(now_ns)
 
     def load_baseline(self, kernel: Iterable[KernelSocket], now_ns: int,
-                      ephemeral: range = range(32768, 61000)) -> int:
-        """The sockets open before any event names them (tracer/core/corrections.py)."""
-        return self.corrections.load_baseline(kernel, now_ns, ephemeral)
+                      ephemeral: range = range(32768, 61000), previous: Iterable = (),
+                      offset_ns: int = 0) -> int:
+        """The sockets open before any event names them, a previous run's open lives
+        continued where the kernel still has them (tracer/core/corrections.py)."""
+        return self.corrections.load_baseline(kernel, now_ns, ephemeral, previous, offset_ns)
 
     def reconcile(self, kernel: Mapping[Conn, KernelSocket], dumped_at_ns: int,
                   grace_ns: int) -> tuple[int, int]:

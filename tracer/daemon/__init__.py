@@ -123,9 +123,7 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
         listener.close()
         source.close()
         raise StartupError(str(exc)) from None
-    stale = store.close_stale(clock.now())
-    if stale:
-        log.info("timeline: %d sockets left open by the previous run marked ended", stale)
+    previous = store.open_lives()
     tracker = Tracker(int(cfg.timewait_seconds * 1e9), cfg.max_sockets, cfg.rules(), keep_lifecycles=True)
     tracker.next_uid = store.next_id()  # ids stay unique across restarts
     conflicts = BindConflicts(source, clock, unbound=tracker.take_unbound)
@@ -134,7 +132,13 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
     reconciler = Reconciler(tracker, clock, every_s=cfg.timewait_reconcile_seconds, ephemeral=ephemeral)
     scanner = StuckScanner(tracker, clock)
     # The program is attached: what opens from now on is seen, what was open is loaded.
-    reconciler.load_baseline(source)
+    reconciler.load_baseline(source, previous)
+    # The previous run's open lives the kernel no longer has ended while no daemon ran.
+    continued = tracker.corrections.continued
+    stale = store.close_stale(clock.now(), keep=continued)
+    if previous:
+        log.info("timeline: of %d sockets the previous run left open, %d continue, %d marked ended",
+                 len(previous), len(continued), stale)
     changes = TimelineChanges()
     flusher = TimelineFlusher(tracker, store, clock, changes, source.backlog)
     reconciler.busy = flusher.reader_busy  # a busy reader puts the table's reads off too

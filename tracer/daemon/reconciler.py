@@ -16,6 +16,7 @@ from typing import Protocol
 
 from tracer.core.clock import Clock
 from tracer.core.kernel_socket import KernelSocket
+from tracer.core.lifecycle import Lifecycle
 from tracer.core.states import TcpState
 from tracer.core.tracker import RECONCILED_STATES, Tracker
 from tracer.sources import EventSource, kernel_table
@@ -93,16 +94,17 @@ class Reconciler:
             log.warning("kernel socket table: %s", problem)
         return found if partial_ok or not problems else None
 
-    def load_baseline(self, source: EventSource) -> int:
+    def load_baseline(self, source: EventSource, previous: Iterable[Lifecycle] = ()) -> int:
         """Loads the sockets that exist now, in every namespace, so counts are right from
-        the first scrape; tells the source which ports are listened on."""
+        the first scrape; tells the source which ports are listened on. ``previous``: the
+        lives a previous run left open, continued where the kernel still has them."""
         started = self.clock.monotonic_ns()
         found = self._read(BASELINE_STATES, partial_ok=True)
         if found is None:
             return 0
         owners = self.table.owners()
         infos = [replace(k, pid=owner[0], comm=owner[1]) if (owner := owners.get(k.inode)) else k for k in found]
-        loaded = self.tracker.load_baseline(infos, started, self.ephemeral)
+        loaded = self.tracker.load_baseline(infos, started, self.ephemeral, previous, self.clock.offset_ns())
         self._read_at_ns = self.clock.monotonic_ns()
         source.seed_listeners({i.conn[1]: (i.pid, i.comm) for i in infos if i.state == TcpState.LISTEN})
         log.info("baseline: %d sockets already open in %d network namespaces (%.2f s)", loaded,

@@ -8,7 +8,7 @@ the tracker hands them over (lifecycle.RawLife) and come out as Lifecycles.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,8 +66,12 @@ class LifecycleStore(Protocol):
     def next_id(self) -> int:
         """An id above every id ever stored: where the tracker's counter starts."""
 
-    def close_stale(self, ended_at: float) -> int:
-        """Closes what a previous run left open (it stopped or crashed); returns how many."""
+    def open_lives(self) -> list[Lifecycle]:
+        """Every life still open: at start, what a previous run left open."""
+
+    def close_stale(self, ended_at: float, keep: Collection[int] = ()) -> int:
+        """Closes what a previous run left open (it stopped or crashed), but for the ids
+        in ``keep`` (continued lives); returns how many."""
 
     def retain(self, now: float) -> int:
         """Deletes by age and by size; returns how many records went."""

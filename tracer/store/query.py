@@ -131,6 +131,10 @@ def one(conn: sqlite3.Connection, id_: int) -> Lifecycle | None:
     return None if row is None else lifecycle(row)
 
 
+def open_ones(conn: sqlite3.Connection) -> list[Lifecycle]:
+    return [lifecycle(row) for row in conn.execute(f"SELECT {READ} FROM lifecycles WHERE open = 1 ORDER BY id")]
+
+
 _PEER_READ = ", ".join(f"p.{c.strip()}" for c in READ.split(","))
 
 

@@ -15,7 +15,7 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -190,12 +190,15 @@ class SqliteStore:
             log.warning("timeline store %s: %s; counted as dropped", self.path, message)
         self._last_failure = message
 
-    def close_stale(self, ended_at: float) -> int:
-        """Their last state ends at ``ended_at`` (or where it began, when that is later)."""
+    def close_stale(self, ended_at: float, keep: Collection[int] = ()) -> int:
+        """The open lives a previous run left, but for those in ``keep`` (continued: the
+        kernel still has them): their last state ends at ``ended_at`` (or where it
+        began, when that is later)."""
         with self._lock, self._writing() as conn:
             updates = []
             for id_, t0, spans_json in conn.execute("SELECT id, started, spans FROM lifecycles WHERE open = 1"):
-                updates.append((*rows.closed(t0, spans_json, ended_at), id_))
+                if id_ not in keep:
+                    updates.append((*rows.closed(t0, spans_json, ended_at), id_))
             conn.executemany("UPDATE lifecycles SET open = 0, ended = ?, spans = ? WHERE id = ?", updates)
         if updates:
             log.info("timeline store: closed %d sockets a previous run left open", len(updates))
@@ -250,6 +253,11 @@ class SqliteStore:
         page = reading.PageQuery(port, state, addr, since, until, limit, cursor)
         with self._reading() as conn:
             return page.run(conn)
+
+    def open_lives(self) -> list[Lifecycle]:
+        """Every life still open (at start: what the previous run left open)."""
+        with self._reading() as conn:
+            return reading.open_ones(conn)
 
     def get(self, id: int) -> Lifecycle | None:
         with self._reading() as conn:
