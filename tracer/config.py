@@ -168,6 +168,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("web.config.file", Path, None,
             "TLS, basic authentication and response headers, in the exporter-toolkit's web-config format "
             "(as node_exporter's --web.config.file); without it, plain HTTP with no authentication"),
+    Setting("run_as", str, None,
+            "once the program is loaded, run as this user with no capabilities; a small helper keeps the "
+            "three the reads of other namespaces' socket tables need (README, Least privilege)"),
     Setting("msl", float, 30.0,
             "maximum segment lifetime in seconds; LAST_ACK and TIME_WAIT older than 2*MSL are stuck",
             _positive),
@@ -224,6 +227,7 @@ class Config:
     stuck_ports: dict = field(default_factory=dict)
     config_file: Path | None = None
     web_config_file: Path | None = None
+    run_as: str | None = None
 
     @property
     def two_msl(self) -> float:

@@ -32,9 +32,11 @@ from tracer.daemon.pipeline import Pipeline
 from tracer.daemon.reconciler import Reconciler
 from tracer.daemon.signals import ReloadSignal, StopSignals
 from tracer.daemon.stuck import StuckScanner
-from tracer.host import headers, sysctl, tracefs
+from tracer.host import headers, privileges, sysctl, tracefs
+from tracer.host.helper import HelperError, PrivilegedReads
 from tracer.metrics import (ConflictFamilies, HealthFamilies, KernelFamilies, TableFamilies, TcpStateCollector,
                             build_info)
+from tracer.sources import kernel_table
 from tracer.store import LifecycleStore, StoreError
 from tracer.web.server import WebServer
 from tracer.web import webconfig
@@ -58,6 +60,7 @@ class Running:
     server: WebServer
     registry: CollectorRegistry
     address: str
+    helper: PrivilegedReads | None = None  # --run-as: what reads other namespaces
 
 
 def _bind(address: str) -> socket.socket:
@@ -96,6 +99,23 @@ def _web_config(cfg: Config) -> WebConfig:
     return web
 
 
+def _start_helper(cfg: Config, listener: socket.socket, source, store) -> PrivilegedReads | None:
+    """--run-as: the user must exist; its files handed over; the privileged helper
+    started while the daemon is still root."""
+    if not cfg.run_as:
+        return None
+    try:
+        user = privileges.account(cfg.run_as)
+        privileges.hand_over([cfg.db.parent, cfg.db, *(cfg.db.with_name(cfg.db.name + s) for s in ("-wal", "-shm"))],
+                             user)
+        return PrivilegedReads()
+    except (privileges.PrivilegeError, HelperError, OSError) as exc:
+        listener.close()
+        source.close()
+        store.close()
+        raise StartupError(str(exc)) from None
+
+
 def start(cfg: Config, clock: Clock | None = None) -> Running:
     """Binds the web address, attaches the program, starts the writer and the web server."""
     from tracer.sources.bcc import BccSource, SourceError
@@ -126,10 +146,17 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
     previous = store.open_lives()
     tracker = Tracker(int(cfg.timewait_seconds * 1e9), cfg.max_sockets, cfg.rules(), keep_lifecycles=True)
     tracker.next_uid = store.next_id()  # ids stay unique across restarts
-    conflicts = BindConflicts(source, clock, unbound=tracker.take_unbound)
+    helper = _start_helper(cfg, listener, source, store)
+    if helper is None:
+        conflicts = BindConflicts(source, clock, unbound=tracker.take_unbound)
+    else:
+        conflicts = BindConflicts(source, clock, unbound=tracker.take_unbound, read_holders=helper.holders,
+                                  read_toward=helper.toward, read_range=helper.local_port_range,
+                                  pin=helper.pin, unpin=helper.unpin)
     pipeline = Pipeline(source, tracker, clock)
     ephemeral = sysctl.ephemeral_ports()
-    reconciler = Reconciler(tracker, clock, every_s=cfg.timewait_reconcile_seconds, ephemeral=ephemeral)
+    reconciler = Reconciler(tracker, clock, every_s=cfg.timewait_reconcile_seconds, ephemeral=ephemeral,
+                            table=kernel_table if helper is None else helper)
     scanner = StuckScanner(tracker, clock)
     # The program is attached: what opens from now on is seen, what was open is loaded.
     reconciler.load_baseline(source, previous)
@@ -154,6 +181,12 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
                        timeline=flusher, store=store), labels, conflicts=ConflictFamilies(conflicts, labels)))
     app = create_app(registry, pipeline, scanner, clock, store=store, changes=changes, conflicts=conflicts)
     server = WebServer(listener, app, web)
+    if helper is not None:  # everything privileged is done: the threads start as the user
+        try:
+            privileges.drop_to(privileges.account(cfg.run_as))
+        except privileges.PrivilegeError as exc:
+            helper.close()
+            raise StartupError(str(exc)) from None
     tune_gc()
     conflicts.start()
     pipeline.start()
@@ -162,7 +195,7 @@ def start(cfg: Config, clock: Clock | None = None) -> Running:
     log.info("serving /metrics, /healthz, /readyz on %s://%s%s (started in %.2f s)", server.scheme,
              cfg.web_listen_address, ", basic authentication" if web.users else "",
              (clock.monotonic_ns() - started_ns) / 1e9)
-    return Running(pipeline, housekeeper, conflicts, store, server, registry, cfg.web_listen_address)
+    return Running(pipeline, housekeeper, conflicts, store, server, registry, cfg.web_listen_address, helper)
 
 
 def reload_rules(running: Running, reload: Callable[[], Config]) -> bool:
@@ -198,6 +231,8 @@ def run(cfg: Config, reload: Callable[[], Config] | None = None) -> int:
     running.conflicts.stop()
     running.store.close()
     running.pipeline.source.close()
+    if running.helper is not None:
+        running.helper.close()
     if running.pipeline.failure:
         log.error("%s", running.pipeline.failure)
         return 1

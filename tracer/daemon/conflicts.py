@@ -53,13 +53,20 @@ class BindConflicts:
     def __init__(self, source: CallSource, clock: Clock, read_holders: HoldersReader = _read_holders,
                  keep: int = KEEP, unbound: Callable[[], list[tuple]] = _no_unbound,
                  read_toward: TowardReader = port_holders.toward,
-                 read_range: Callable[[str], "tuple[int, int] | None"] = port_holders.local_port_range) -> None:
+                 read_range: Callable[[str], "tuple[int, int] | None"] = port_holders.local_port_range,
+                 pin: "Callable[[int], tuple[int, int] | None] | None" = None,
+                 unpin: Callable[[int], None] = os.close,
+                 ) -> None:
         self.source = source
         self.clock = clock
         self.read_holders = read_holders
         self.unbound = unbound  # Tracker.take_unbound
         self.read_toward = read_toward
         self.read_range = read_range
+        # Pins a caller's namespace: (inode, descriptor) of /proc/PID/ns/net, read through
+        # /proc/self/fd/N by the same process (the daemon, or its privileged helper).
+        self.pin = pin or _pin
+        self.unpin = unpin
         self._recent: deque[Conflict] = deque(maxlen=keep)
         self._no_port: deque[NoLocalPort] = deque(maxlen=keep)
         self._counts: dict[tuple[int, str], int] = {}
@@ -91,7 +98,18 @@ class BindConflicts:
         """Connects refused for want of a local port ((ts_ns, pid, comm, family, daddr,
         dport), as Tracker.unbound holds them): pins each caller's namespace, then reads
         what held the ports toward the destination."""
-        return _pinned_each(refused, [r[1] for r in refused], self.explain_unbound)
+        return self._pinned_each(refused, [r[1] for r in refused], self.explain_unbound)
+
+    def _pinned_each(self, items: list, pids: list[int], explain: Callable) -> list:
+        """``explain(item, pinned)`` for each item, every caller's namespace pinned first
+        (one open each, before any slower read), every pin closed after, whatever fails."""
+        pins = [self.pin(pid) for pid in pids]
+        try:
+            return [explain(item, pinned) for item, pinned in zip(items, pins)]
+        finally:
+            for pinned in pins:
+                if pinned is not None:
+                    self.unpin(pinned[1])
 
     def explain_unbound(self, refused: tuple, pinned: tuple[int, int] | None) -> NoLocalPort:
         ts, pid, comm, fam, daddr, dport = refused
@@ -123,7 +141,7 @@ class BindConflicts:
 
     def handle(self, calls: list[Call]) -> list[Conflict]:
         """Pins every caller's namespace first (one open each), then explains the calls."""
-        return _pinned_each(calls, [call.pid for call in calls], self.explain)
+        return self._pinned_each(calls, [call.pid for call in calls], self.explain)
 
     def explain(self, call: Call, pinned: tuple[int, int] | None) -> Conflict:
         """Reads what holds the call's port in its namespace and keeps the conflict."""
@@ -160,16 +178,6 @@ class BindConflicts:
             return dict(self._counts)
 
 
-def _pinned_each(items: list, pids: list[int], explain: Callable) -> list:
-    """``explain(item, pinned)`` for each item, every caller's namespace pinned first (one
-    open each, before any slower read), every pin closed after, whatever fails."""
-    pins = [_pin(pid) for pid in pids]
-    try:
-        return [explain(item, pinned) for item, pinned in zip(items, pins)]
-    finally:
-        for pinned in pins:
-            if pinned is not None:
-                os.close(pinned[1])
 
 
 def _pin(pid: int) -> tuple[int, int] | None:
