@@ -161,3 +161,40 @@ def test_namespaces_that_vanish_while_the_table_is_read_are_no_failures(live_hos
         for name in names:
             subprocess.run(["ip", "netns", "delete", name], check=False)
         assert stop_daemon(d) == 0, d.log.read_text()
+
+
+def test_kill_9_during_writes_loses_no_committed_record_and_the_store_opens_again(live_host, tmp_path):
+    import sqlite3
+    import threading
+
+    port = traffic.quiet_port()
+    d = start_daemon(tmp_path)
+    churn = threading.Thread(target=traffic.client_closed, args=(port, 20000), daemon=True)
+    seen: set[int] = set()
+    try:
+        churn.start()
+        deadline = time.monotonic() + 20
+        while len(seen) < 500 and time.monotonic() < deadline:  # what the API served was committed
+            _, body = http_get(f"{d.url}/api/v1/sockets?port={port}&limit=1000")
+            seen |= {s["id"] for s in json.loads(body)["sockets"]}
+            time.sleep(0.2)
+        assert churn.is_alive(), "the load ended before the kill: it would not be during writes"
+    finally:
+        d.proc.kill()  # SIGKILL, while the load runs and the writer writes
+        d.proc.wait(10)
+        churn.join(120)
+    assert len(seen) >= 500
+    db = tmp_path / "timeline.db"
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        stored = {row[0] for row in conn.execute("SELECT id FROM lifecycles")}
+    finally:
+        conn.close()
+    assert seen <= stored, f"{len(seen - stored)} committed records lost"
+    again = start_daemon(tmp_path)  # the same database opens again
+    try:
+        _, body = http_get(f"{again.url}/api/v1/sockets?port={port}&limit=1")
+        assert json.loads(body)["total"] >= len(seen)
+    finally:
+        assert stop_daemon(again) == 0, again.log.read_text()
