@@ -115,8 +115,13 @@ class KernelFamilies:
             yield counter(
                 "tcpstate_kernel_events_sent",
                 "Transitions and resets the program put into the ring buffer (each transition of a life "
-                "sent as one record counts); the daemon received tcpstate_events_received_total of them, "
-                "and tcpstate_events_lost_total{reason=\"ring_buffer_full\"} more found it full",
+                "sent as one record counts); tcpstate_events_lost_total{reason=\"ring_buffer_full\"} more "
+                "found it full. The daemon receives these and tcpstate_kernel_events_taken_total "
+                "(tcpstate_events_received_total counts both)",
                 [], {(): k.events})
+            yield counter(
+                "tcpstate_kernel_events_taken",
+                "Transitions the daemon took out of the program's map of young lives (a socket open "
+                "longer than 0.3 s) rather than through the ring buffer", [], {(): k.taken})
         yield counter("tcpstate_decode_errors", "Ring buffer records the daemon could not decode and skipped",
                       [], {(): snap.decode_errors})

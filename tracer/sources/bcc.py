@@ -108,6 +108,9 @@ class KernelStats:
     counters_capacity: int
     socks_capacity: int
     lives_capacity: int
+    # Transitions user space took out of the map of young lives (open past YOUNG_NS)
+    # rather than through the ring buffer: received = events + taken.
+    taken: int = 0
 
 
 class BccSource:
@@ -167,6 +170,7 @@ class BccSource:
         self._next_sweep_ns = 0
         self._newest_read_ns = 0  # the latest first timestamp of a record read
         self.lives_taken = 0
+        self.events_taken = 0  # their transitions
         self.socks_not_remembered = 0  # taken lives whose socket the program could not be told of
         log.info("attached to sock:inet_sock_set_state, tcp:tcp_receive_reset, tcp:tcp_send_reset, "
                  "syscalls:sys_{enter,exit}_{socket,bind}, syscalls:sys_enter_setsockopt "
@@ -244,6 +248,7 @@ class BccSource:
             if lib.bpf_lookup_and_delete(fd, ct.byref(ct.c_uint64(sk)), buf) == 0:
                 taken.append(record.unpack(buf.raw))
         self.lives_taken += len(taken)
+        self.events_taken += sum(len(record.events_of(rec)) for rec in taken)
         if taken:
             self._remember(taken)
         return taken
@@ -298,6 +303,7 @@ class BccSource:
             counters_capacity=self._counts.max_entries,
             socks_capacity=self._socks.max_entries,
             lives_capacity=self._lives.max_entries,
+            taken=self.events_taken,
         )
 
     def backlog(self) -> float:
