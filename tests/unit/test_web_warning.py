@@ -52,3 +52,4 @@ def test_a_bad_web_config_is_a_startup_error(tmp_path):
     path.write_text("nonsense: 1\n")
     with pytest.raises(StartupError, match="unknown key 'nonsense'"):
         _web_config(_cfg("127.0.0.1:9876", path))
+

@@ -92,7 +92,7 @@ def _web_config(cfg: Config) -> WebConfig:
         loopback = host == "localhost"
     if not loopback and (web.tls is None or not web.authenticates):
         log.warning("listening on %s %s: anyone who can reach it reads this host's connections; set "
-                    "--web.config.file with tls_server_config and basic_auth_users (see README, Security)",
+                    "--web.config.file with tls_server_config and basic_auth_users (README, Serving safely)",
                     cfg.web_listen_address,
                     "without TLS or authentication" if web.tls is None and not web.authenticates
                     else "without TLS" if web.tls is None else "without authentication")

@@ -16,6 +16,7 @@ import ctypes.util
 import logging
 import os
 import pwd
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +51,15 @@ def account(name: str) -> Account:
 def hand_over(paths: list[Path], to: Account) -> None:
     """Gives ``to`` the files it writes after the drop: the timeline database with its
     WAL and shared-memory files, and their directory (SQLite makes files beside the
-    database)."""
+    database). A shared directory (sticky or world-writable, as /tmp) stays as it is."""
     for path in paths:
-        if path.exists():
-            os.chown(path, to.uid, to.gid)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_mode & (stat.S_ISVTX | stat.S_IWOTH):
+            continue
+        os.chown(path, to.uid, to.gid)
 
 
 def capabilities(pid: str = "self") -> dict[str, int]:
