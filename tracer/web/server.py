@@ -99,8 +99,9 @@ class TlsConnection(cheroot_server.HTTPConnection):
 
 class _ReadableFirst(cheroot_server.connections.ConnectionManager):
     """A new connection waits in the selector until it has bytes to read, as a
-    kept-alive one does; cheroot hands it to a worker at once, where a client that
-    sends nothing holds the worker until the timeout (16 such clients, every worker)."""
+    kept-alive one does. (cheroot's own manager hands a new connection to a worker at
+    once, where a client that sends nothing holds the worker until the timeout: 16
+    such clients held every worker.)"""
 
     def _from_server_socket(self, server_socket):
         conn = super()._from_server_socket(server_socket)
