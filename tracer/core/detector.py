@@ -19,10 +19,11 @@ scan saw it or it left the state between two scans.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from tracer.core.states import F_SHUT_RDWR, F_SHUT_WR, TcpState
+from tracer.core.timewait import EXPIRES, PORT, SINCE
 
 WATCHED: tuple[TcpState, ...] = (
     TcpState.LAST_ACK, TcpState.TIME_WAIT, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT1,
@@ -156,3 +157,50 @@ class Report:
     counts: dict[tuple[int, int], int]
     # (service port, state) -> age in ns of the oldest socket now in that state.
     oldest_ns: dict[tuple[int, int], int]
+
+
+_CLOSE = TcpState.CLOSE.value
+_TIME_WAIT = TcpState.TIME_WAIT.value
+
+
+def judge(live: Iterable, timewait: Iterable, ports: Iterable[int], rules: Rules, floors: Mapping[int, int],
+          timewait_ns: int, now_ns: int) -> Report:
+    """The stuck sockets among copies of the table's entries (``live``: SocketEntry)
+    and the TIME_WAIT model's (``timewait``: TimeWait), oldest first, with the stuck
+    count of every watched state of every port in ``ports`` and the oldest age of each
+    (port, state). ``floors``: the lowest threshold of each watched state, below which
+    no rule needs asking. A half-closed FIN_WAIT2 its owner still holds is not stuck
+    (held_half_closed). Pure: the tracker takes the copies under its lock and counts
+    the crossings."""
+    stuck: list[Stuck] = []
+    oldest: dict[tuple[int, int], int] = {}
+    counts = {(port, state): 0 for port in ports for state in floors}
+    for entry in live:
+        state = entry.state
+        if state == _CLOSE:
+            continue
+        age = now_ns - entry.since_ns
+        key = (entry.port, state)
+        if age > oldest.get(key, -1):
+            oldest[key] = age
+        if state in floors and age > floors[state] and not held_half_closed(state, entry.flags,
+                                                                             entry.closed_by_owner):
+            rule = rules.rule(entry.port, state)
+            if age > rule.threshold_ns:
+                r = entry.retransmits
+                stuck.append(Stuck(entry, rule, age, (r[1], r[2]) if r is not None and r[0] == state else None))
+                counts[key] = counts.get(key, 0) + 1
+    tw_floor = floors.get(_TIME_WAIT)
+    for entry in timewait:
+        since, expires, port = entry[SINCE], entry[EXPIRES], entry[PORT]  # by index: the hot part of a scan
+        age = now_ns - since if expires else min(now_ns - since, timewait_ns)
+        key = (port, _TIME_WAIT)
+        if age > oldest.get(key, -1):
+            oldest[key] = age
+        if tw_floor is not None and age > tw_floor:
+            rule = rules.rule(port, _TIME_WAIT)
+            if age > rule.threshold_ns:
+                stuck.append(Stuck(entry, rule, age))
+                counts[key] = counts.get(key, 0) + 1
+    stuck.sort(key=lambda s: -s.age_ns)
+    return Report(now_ns, stuck, counts, oldest)

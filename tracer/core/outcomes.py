@@ -128,3 +128,12 @@ class Outcomes:
             connect_failures=dict(self.connect_failures),
             closes=dict(self.closes),
         )
+
+
+def connect_failure(reset: bool, sport: int) -> str:
+    """Why a connect() ended in SYN_SENT -> CLOSE: a reset came back (refused); no local
+    port was free (the kernel closes it before it binds one, so its port is still 0:
+    EADDRNOTAVAIL, microseconds after SYN_SENT); or no answer (timeout)."""
+    if reset:
+        return "refused"
+    return "timeout" if sport else "no_local_port"

@@ -26,17 +26,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from tracer.core.closes import CloseTally, closer_of, how_of, sent_fin
-from tracer.core.detector import WATCHED, Report, Rules, Stuck, held_half_closed
+from tracer.core.detector import WATCHED, Report, Rules, held_half_closed, judge
 from tracer.core.journal import PENDING_LIVES_MAX, Journal
 from tracer.core.kernel_socket import Conn, KernelSocket
 from tracer.core.lifecycle import ended_with_how, from_raw, pack_ended
-from tracer.core.outcomes import BOUNDS_NS, DURATION_BUCKETS_S, Histogram, Outcomes, OutcomesSnapshot
+from tracer.core.outcomes import BOUNDS_NS, DURATION_BUCKETS_S, Histogram, Outcomes, OutcomesSnapshot, connect_failure
 from tracer.core.record import MORE_AT, Event, Record, RecordBatch, events_of
 from tracer.core.sockets import SocketEntry, SocketTable, intern
 from tracer.core.states import ACTIVE_CLOSE_STATES, EventKind, Role, TcpState
 from tracer.core.corrections import Corrections
 from tracer.core.shortpath import ShortPath
-from tracer.core.timewait import EXPIRES, SINCE, TimeWait, TimeWaitModel
+from tracer.core.timewait import SINCE, TimeWait, TimeWaitModel
 
 __all__ = ["BadRecords", "DURATION_BUCKETS_S", "Histogram", "OutcomesSnapshot", "PENDING_LIVES_MAX", "RECONCILED_STATES",
            "SocketEntry", "Tracker", "TrackerStats"]
@@ -53,15 +53,6 @@ _CLOSED_AGAIN = frozenset({TcpState.FIN_WAIT1.value, TcpState.FIN_WAIT2.value})
 UNBOUND_KEPT = 1024  # refused connects waiting to be explained; past it the oldest go (they are counted anyway)
 _LISTEN_OR_CLOSE = frozenset({TcpState.CLOSE.value, TcpState.LISTEN.value})
 _CONNECTION_ROLES = frozenset({Role.ACTIVE.value, Role.PASSIVE.value})
-
-
-def _connect_failure(reset: bool, sport: int) -> str:
-    """Why a connect() ended in SYN_SENT -> CLOSE: a reset came back (refused); no local
-    port was free (the kernel closes it before it binds one, so its port is still 0:
-    EADDRNOTAVAIL, microseconds after SYN_SENT); or no answer (timeout)."""
-    if reset:
-        return "refused"
-    return "timeout" if sport else "no_local_port"
 
 
 class BadRecords(Exception):
@@ -236,7 +227,7 @@ class Tracker:
         if new == _CLOSE:
             waiting = False
             if old == _SYN_SENT:
-                reason = _connect_failure(entry.reset, sport)
+                reason = connect_failure(entry.reset, sport)
                 self.outcome.connect_failed(svc, reason)
                 if reason == "no_local_port":
                     self.unbound.append((ts, entry.pid, entry.comm, entry.family, entry.daddr, entry.dport))
@@ -460,46 +451,14 @@ class Tracker:
             live = list(self.table.sockets.values())
             timewait = self.tw.entries()
             ports = {port for port, _ in self.counts}
-        stuck: list[Stuck] = []
-        oldest: dict[tuple[int, int], int] = {}
-        floors = self._stuck_floor
-        counts = {(port, state): 0 for port in ports for state in floors}
-        rules = self.rules
-        for entry in live:
-            state = entry.state
-            if state == _CLOSE:
-                continue
-            age = now_ns - entry.since_ns
-            key = (entry.port, state)
-            if age > oldest.get(key, -1):
-                oldest[key] = age
-            if state in floors and age > floors[state] and not held_half_closed(state, entry.flags,
-                                                                                 entry.closed_by_owner):
-                rule = rules.rule(entry.port, state)
-                if age > rule.threshold_ns:
-                    r = entry.retransmits
-                    stuck.append(Stuck(entry, rule, age, (r[1], r[2]) if r is not None and r[0] == state else None))
-                    counts[key] = counts.get(key, 0) + 1
-        tw_floor = floors.get(_TIME_WAIT)
-        length = self.timewait_ns
-        for entry in timewait:
-            since, expires, port = entry[SINCE], entry[EXPIRES], entry[2]
-            age = now_ns - since if expires else min(now_ns - since, length)
-            key = (port, _TIME_WAIT)
-            if age > oldest.get(key, -1):
-                oldest[key] = age
-            if tw_floor is not None and age > tw_floor:
-                rule = rules.rule(port, _TIME_WAIT)
-                if age > rule.threshold_ns:
-                    stuck.append(Stuck(entry, rule, age))
-                    counts[key] = counts.get(key, 0) + 1
+        report = judge(live, timewait, ports, self.rules, self._stuck_floor, self.timewait_ns, now_ns)
+        stuck = report.stuck
         if stuck:
             with self.lock:
                 for s in stuck:
                     if s.entry.state == s.rule.state.value:
                         self._count_stuck(s.entry, s.age_ns)
-        stuck.sort(key=lambda s: -s.age_ns)
-        return Report(now_ns, stuck, counts, oldest)
+        return report
 
     def drain_raw(self, born_before_ns: int | None = None, limit: int | None = None) -> list:
         """The lives that changed since the last drain, as lifecycle.RawLife tuples:
