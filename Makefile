@@ -22,7 +22,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # its WebDriver for the timeline page's browser tests, bpfcc-tools for the bench's
 # comparison with tcpstates; gcc also builds the bench's load generator).
 RUN_PACKAGES := python3-bpfcc python3-venv linux-headers-$(ARCH) iproute2
-TEST_PACKAGES := gcc libc6-dev prometheus iptables bpftool chromium chromium-driver bpfcc-tools
+TEST_PACKAGES := gcc libc6-dev prometheus iptables bpftool chromium chromium-driver bpfcc-tools systemd openssl
 ARGS ?=
 PYTEST_ARGS ?=
 
