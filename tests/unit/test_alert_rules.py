@@ -256,3 +256,31 @@ def test_promtool(promtool, args):
     done = subprocess.run([str(promtool), *args], capture_output=True, text=True, timeout=60,
                           cwd=DEPLOY)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_kubernetes_scrape_config_checks_but_for_its_discovery(promtool, tmp_path):
+    """deploy/prometheus/kubernetes.yml, the DaemonSet's job. Debian's Prometheus is
+    built without Kubernetes service discovery (promtool: "field kubernetes_sd_configs
+    not found"), so promtool checks a copy whose discovery is a file of targets; the
+    discovery itself is checked here: endpoints of the Service in the DaemonSet's
+    namespace, kept by the Service's label and port name as the manifests set them."""
+    import shutil
+
+    config = yaml.safe_load((DEPLOY / "kubernetes.yml").read_text())
+    job = config["scrape_configs"][0]
+    assert job["job_name"] == "tcpstate-tracer"
+    manifests = list(yaml.safe_load_all((DEPLOY.parent / "kubernetes" / "daemonset.yaml").read_text()))
+    service = next(m for m in manifests if m["kind"] == "Service")
+    assert job.pop("kubernetes_sd_configs") == [{"role": "endpoints",
+                                                 "namespaces": {"names": [service["metadata"]["namespace"]]}}]
+    keep = {tuple(r["source_labels"]): r["regex"] for r in job["relabel_configs"] if r.get("action") == "keep"}
+    assert keep[("__meta_kubernetes_service_label_app_kubernetes_io_name",)] == \
+        service["metadata"]["labels"]["app.kubernetes.io/name"]
+    assert keep[("__meta_kubernetes_endpoint_port_name",)] == service["spec"]["ports"][0]["name"]
+    job["file_sd_configs"] = [{"files": ["targets.json"]}]
+    (tmp_path / "targets.json").write_text('[{"targets": ["node-1:9876"]}]')
+    shutil.copy(DEPLOY / "alerts.yml", tmp_path / "alerts.yml")
+    (tmp_path / "kubernetes.yml").write_text(yaml.safe_dump(config))
+    done = subprocess.run([str(promtool), "check", "config", str(tmp_path / "kubernetes.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr

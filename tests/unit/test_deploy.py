@@ -14,8 +14,65 @@ from tracer.cli import build_parser
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
+def _manifests(name: str = "daemonset.yaml") -> list[dict]:
+    return list(yaml.safe_load_all((DEPLOY / "kubernetes" / name).read_text()))
+
+
+def _daemonset() -> dict:
+    return next(m for m in _manifests() if m["kind"] == "DaemonSet")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (DEPLOY / "kubernetes").glob("*.yaml")))
+def test_every_manifest_validates_against_the_kubernetes_schemas(name):
+    """Strict: an unknown or misspelt field fails, as kubectl --validate=strict would."""
+    import kubernetes_validate
+
+    for manifest in _manifests(name):
+        kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_the_daemonset_uses_the_measured_capabilities_not_privileged():
+    pod = _daemonset()["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    security = container["securityContext"]
+    assert security["privileged"] is False and security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert set(security["capabilities"]["add"]) == {"BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH",
+                                                    "SETUID", "SETGID", "CHOWN", "SETPCAP"}
+    args = build_parser().parse_args(container["command"][1:] + container["args"])
+    assert config.load(vars(args), environ={}).run_as == "nobody"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    for path in ("/sys/kernel/tracing", "/usr/src", "/lib/modules", "/run/netns"):
+        assert mounts[path].get("readOnly") is True, path
+    writable = {p for p, m in mounts.items() if not m.get("readOnly")}
+    assert writable == {"/var/cache/tcpstate-tracer", "/var/lib/tcpstate-tracer", "/tmp"}
+    resources = container["resources"]
+    assert resources["requests"]["memory"] and resources["limits"]["memory"] and "cpu" not in resources["limits"]
+
+
+def test_the_service_selects_the_daemonsets_pods_and_port():
+    ds = _daemonset()
+    service = next(m for m in _manifests() if m["kind"] == "Service")
+    assert service["spec"]["selector"] == ds["spec"]["template"]["metadata"]["labels"]
+    names = {p["name"] for p in ds["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert service["spec"]["ports"][0]["targetPort"] in names
+
+
+def test_the_web_config_secret_is_a_web_config_the_daemon_accepts_but_for_its_placeholders(tmp_path):
+    from tests import pki as pki_mod
+    from tracer.web import webconfig
+
+    secret = _manifests("web-config-secret.yaml")[0]
+    pki = pki_mod.make(tmp_path)
+    (tmp_path / "tls.crt").write_text(pki.server_cert.read_text())
+    (tmp_path / "tls.key").write_text(pki.server_key.read_text())
+    (tmp_path / "web.yml").write_text(secret["stringData"]["web.yml"])
+    web = webconfig.load(tmp_path / "web.yml")
+    assert web.tls is not None and set(web.users) == {"prometheus"} and web.open_probes
+
+
 def test_daemonset_runs_the_daemon_with_flags_it_knows_and_probes_it():
-    ds = yaml.safe_load((DEPLOY / "kubernetes" / "daemonset.yaml").read_text())
+    ds = _daemonset()
     pod = ds["spec"]["template"]
     container = pod["spec"]["containers"][0]
     argv = container["command"][1:] + container["args"]
