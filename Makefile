@@ -26,7 +26,7 @@ TEST_PACKAGES := gcc libc6-dev prometheus iptables bpftool chromium chromium-dri
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup test-setup run test unit live rules bench clean
+.PHONY: setup test-setup run test unit live rules bench clean install uninstall
 
 # Installs the Debian packages of $(1) that are missing.
 define install_missing
@@ -79,3 +79,48 @@ bench: test-setup
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# On a systemd host, as root (sudo make install): the daemon in its own venv under
+# $(PREFIX) (a copy, not this checkout), the unit, a commented configuration in /etc,
+# the state and cache directories, the service user; enabled and started when systemd
+# runs. DESTDIR installs into a scratch root instead (nothing is enabled, no user is
+# made; the venv's scripts name their final paths, so run them from there only after
+# moving the tree to /). uninstall keeps the configuration and the timeline unless PURGE=1.
+PREFIX ?= /opt/tcpstate-tracer
+SERVICE_USER ?= tcpstate-tracer
+UNIT_DIR := $(DESTDIR)/etc/systemd/system
+CONFIG := $(DESTDIR)/etc/tcpstate-tracer.yml
+STATE_DIR := $(DESTDIR)/var/lib/tcpstate-tracer
+CACHE_DIR := $(DESTDIR)/var/cache/tcpstate-tracer
+SYSTEMD_RUNNING := $(shell [ -d /run/systemd/system ] && echo yes)
+
+install: setup
+	install -d $(DESTDIR)$(PREFIX)
+	$(SYSTEM_PYTHON) -m venv --system-site-packages $(DESTDIR)$(PREFIX)/.venv
+	$(DESTDIR)$(PREFIX)/.venv/bin/python -m pip install --quiet --disable-pip-version-check .
+	@$(DESTDIR)$(PREFIX)/.venv/bin/python -c 'import bcc' || { echo "install: the venv cannot import bcc (python3-bpfcc)"; exit 1; }
+	install -D -m 644 README.md $(DESTDIR)$(PREFIX)/README.md
+	install -D -m 644 deploy/systemd/tcpstate-tracer.service $(UNIT_DIR)/tcpstate-tracer.service
+	@if [ -e $(CONFIG) ]; then echo "install: keeping $(CONFIG)"; \
+	else install -D -m 644 deploy/tcpstate-tracer.yml $(CONFIG); fi
+	install -d -m 755 $(STATE_DIR) $(CACHE_DIR)
+	@if [ -z "$(DESTDIR)" ]; then \
+		id -u $(SERVICE_USER) >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /nonexistent \
+			--shell /usr/sbin/nologin $(SERVICE_USER); \
+		if [ "$(SYSTEMD_RUNNING)" = yes ]; then \
+			systemctl daemon-reload && systemctl enable --now tcpstate-tracer && \
+			echo "install: tcpstate-tracer enabled and started: systemctl status tcpstate-tracer"; \
+		else \
+			echo "install: systemd is not running here; start the daemon with:"; \
+			echo "  $(PREFIX)/.venv/bin/tcpstate-tracer run --config.file /etc/tcpstate-tracer.yml --run-as $(SERVICE_USER)"; \
+		fi; \
+	else echo "install: installed into $(DESTDIR); nothing enabled"; fi
+
+uninstall:
+	@if [ -z "$(DESTDIR)" ] && [ "$(SYSTEMD_RUNNING)" = yes ]; then \
+		systemctl disable --now tcpstate-tracer 2>/dev/null || true; fi
+	rm -f $(UNIT_DIR)/tcpstate-tracer.service
+	@if [ -z "$(DESTDIR)" ] && [ "$(SYSTEMD_RUNNING)" = yes ]; then systemctl daemon-reload; fi
+	rm -rf $(DESTDIR)$(PREFIX) $(CACHE_DIR)
+	@if [ "$(PURGE)" = 1 ]; then rm -rf $(STATE_DIR) $(CONFIG); \
+	else echo "uninstall: kept $(CONFIG) and the timeline in $(STATE_DIR) (PURGE=1 removes them)"; fi
