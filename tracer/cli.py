@@ -174,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"configuration ok: listen on {cfg.web_listen_address}, MSL {cfg.msl:g} s "
               f"(2MSL {cfg.two_msl:g} s), TIME_WAIT {cfg.timewait_seconds:g} s")
         rules = cfg.rules()
-        for rule in list(rules.defaults.values()) + [r for t in rules.ports.values() for r in t.values()]:
+        for rule in rules.every():
             print(f"  stuck: {rule.describe()}")
         return 0
     cfg = _load_config(args)

@@ -104,6 +104,10 @@ class Rules:
             return table[state]
         return self.defaults.get(state)
 
+    def every(self) -> list[Rule]:
+        """The default rule of each watched state, then each port's overrides."""
+        return [*self.defaults.values(), *(r for table in self.ports.values() for r in table.values())]
+
     def lowest_ns(self) -> dict[int, int]:
         """Per state, the lowest threshold over all ports: below it nothing can be stuck."""
         low = {state: r.threshold_ns for state, r in self.defaults.items()}

@@ -208,9 +208,7 @@ def reload_rules(running: Running, reload: Callable[[], Config]) -> bool:
         log.error("SIGHUP: configuration not reloaded, the stuck thresholds in force stay: %s", exc)
         return False
     running.pipeline.tracker.replace_rules(rules)
-    log.info("SIGHUP: stuck thresholds reloaded: %s",
-             "; ".join(r.describe() for r in [*rules.defaults.values(),
-                                              *(r for t in rules.ports.values() for r in t.values())]))
+    log.info("SIGHUP: stuck thresholds reloaded: %s", "; ".join(r.describe() for r in rules.every()))
     return True
 
 
