@@ -23,7 +23,7 @@ from tracer.core.calls import Call
 from tracer.core.clock import Clock
 from tracer.core.conflicts import Conflict, Holders, NoLocalPort
 from tracer.core.record import comm_text, family_name, format_addr
-from tracer.sources import CallSource, port_holders
+from tracer.sources import CallSource, kernel_table, port_holders
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class BindConflicts:
                  keep: int = KEEP, unbound: Callable[[], list[tuple]] = _no_unbound,
                  read_toward: TowardReader = port_holders.toward,
                  read_range: Callable[[str], "tuple[int, int] | None"] = port_holders.local_port_range,
-                 pin: "Callable[[int], tuple[int, int] | None] | None" = None,
+                 pin: "Callable[[int], tuple[int, int] | None]" = kernel_table.pin_namespace,
                  unpin: Callable[[int], None] = os.close,
                  ) -> None:
         self.source = source
@@ -65,7 +65,7 @@ class BindConflicts:
         self.read_range = read_range
         # Pins a caller's namespace: (inode, descriptor) of /proc/PID/ns/net, read through
         # /proc/self/fd/N by the same process (the daemon, or its privileged helper).
-        self.pin = pin or _pin
+        self.pin = pin
         self.unpin = unpin
         self._recent: deque[Conflict] = deque(maxlen=keep)
         self._no_port: deque[NoLocalPort] = deque(maxlen=keep)
@@ -178,12 +178,3 @@ class BindConflicts:
             return dict(self._counts)
 
 
-
-
-def _pin(pid: int) -> tuple[int, int] | None:
-    """(namespace inode, an open descriptor of it) of a process, or None once it has gone."""
-    try:
-        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    return os.fstat(fd).st_ino, fd

@@ -39,21 +39,13 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _FRAME = struct.Struct("=I")
 
 
-def _pin(pid: int) -> tuple[int, int] | None:
-    try:
-        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    return os.fstat(fd).st_ino, fd
-
-
 CALLS = {
     "dump": lambda states: kernel_table.dump(states),
     "owners": kernel_table.owners,
     "holders": port_holders.holders,
     "toward": port_holders.toward,
     "local_port_range": port_holders.local_port_range,
-    "pin": _pin,
+    "pin": kernel_table.pin_namespace,
     "unpin": os.close,
 }
 

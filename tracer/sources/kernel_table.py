@@ -416,6 +416,17 @@ def timewait_connections() -> dict[Conn, int]:
     return found
 
 
+def pin_namespace(pid: int) -> tuple[int, int] | None:
+    """(namespace inode, an open descriptor of it) of a process's network namespace, or
+    None once the process has gone; dump() reads it through /proc/self/fd/N for as long
+    as the descriptor stays open."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    return os.fstat(fd).st_ino, fd
+
+
 def owners() -> dict[int, tuple[int, str]]:
     """Socket inode -> (pid, comm) of the lowest pid holding it, from /proc/*/fd.
 
