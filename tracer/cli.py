@@ -313,7 +313,7 @@ def _ask_daemon(args: argparse.Namespace, path: str) -> str:
         except webconfig.WebConfigError as exc:
             raise CliError(str(exc)) from None
         if web.tls is not None:
-            scheme, context = "https", _trust_the_daemon(cfg.web_config_file)
+            scheme, context = "https", _trust_the_daemon(web.tls.certificate)
     user, password = os.environ.get("TCPSTATE_TRACER_WEB_USER"), os.environ.get("TCPSTATE_TRACER_WEB_PASSWORD")
     if user and password is not None:
         headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -335,22 +335,15 @@ def _ask_daemon(args: argparse.Namespace, path: str) -> str:
                        f"(is `tcpstate-tracer run` running there? see --web.listen-address; {hint})") from None
 
 
-def _trust_the_daemon(path: Path):
+def _trust_the_daemon(certificate: str):
     """A TLS context that trusts the certificate the daemon's web config serves (as
     an anchor of its own, CA-signed or not), for a client on the daemon's host."""
     import ssl
 
-    import yaml
-
-    tls = (yaml.safe_load(path.read_text()) or {}).get("tls_server_config") or {}
     ctx = ssl.create_default_context()
     ctx.check_hostname = False  # 127.0.0.1 need not be among the certificate's names
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    if tls.get("cert"):
-        ctx.load_verify_locations(cadata=tls["cert"])
-    else:
-        cert = Path(tls["cert_file"])
-        ctx.load_verify_locations(cafile=str(cert if cert.is_absolute() else path.parent / cert))
+    ctx.load_verify_locations(cadata=certificate)
     return ctx
 
 

@@ -32,8 +32,10 @@ def _write(pki: pki_mod.Pki, text: str, name: str = "web.yml") -> Path:
 
 GOOD = {
     "empty": ("", lambda c: c.tls is None and not c.users),
-    "tls files, relative to the file": (TLS, lambda c: c.tls.context.verify_mode == ssl.CERT_NONE),
-    "tls inline": ("tls_server_config:\n  cert: |\n    @CERT@\n  key: |\n    @KEY@\n", lambda c: c.tls is not None),
+    "tls files, relative to the file": (TLS, lambda c: c.tls.context.verify_mode == ssl.CERT_NONE
+                                        and c.tls.certificate.startswith("-----BEGIN CERTIFICATE-----")),
+    "tls inline": ("tls_server_config:\n  cert: |\n    @CERT@\n  key: |\n    @KEY@\n",
+                   lambda c: c.tls.certificate.startswith("-----BEGIN CERTIFICATE-----")),
     "verify client cert if given": (TLS + "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n",
                                     lambda c: c.tls.context.verify_mode == ssl.CERT_OPTIONAL),
     "require and verify": (TLS + "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n"

@@ -84,6 +84,7 @@ _KEYS = {
 @dataclass(frozen=True)
 class TlsConfig:
     context: ssl.SSLContext
+    certificate: str = ""  # the server's certificate chain (PEM), for a client that must trust it
     client_allowed_sans: tuple[str, ...] = ()  # checked once a client certificate is verified
 
 
@@ -254,7 +255,8 @@ def _tls(t: dict, base: Path) -> TlsConfig:
                    f"not an ordered list of {len(curves)}; give one, or none for OpenSSL's defaults")
     if curves:
         ctx.set_ecdh_curve(CURVES[curves[0]])
-    return TlsConfig(ctx, tuple(_list(t.get("client_allowed_sans"), "tls_server_config.client_allowed_sans")))
+    return TlsConfig(ctx, cert or cert_file.read_text(),
+                     tuple(_list(t.get("client_allowed_sans"), "tls_server_config.client_allowed_sans")))
 
 
 def _version(value: Any, where: str, default: str) -> ssl.TLSVersion:
