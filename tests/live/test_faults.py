@@ -14,20 +14,7 @@ from pathlib import Path
 
 from tests.live import traffic
 from tests.live.conftest import http_get, start_daemon, stop_daemon
-
-
-def _samples(body: str) -> dict[str, float]:
-    out = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
-def _sum(samples: dict[str, float], prefix: str, port: int | None = None) -> float:
-    return sum(v for k, v in samples.items()
-               if (k == prefix or k.startswith(prefix + "{")) and (port is None or f'port="{port}"' in k))
+from tracer.bench.tracers import scrape, sum_samples
 
 
 def _caught_up(m: dict[str, float]) -> bool:
@@ -43,7 +30,7 @@ def _settled(d, timeout: float = 30) -> dict[str, float]:
     behind."""
     deadline = time.monotonic() + timeout
     while True:
-        m = _samples(http_get(d.url + "/metrics")[1])
+        m = scrape(d.url)
         caught_up = _caught_up(m)
         if (caught_up and m.get("tcpstate_event_lag_seconds", 0) < 0.5) or time.monotonic() > deadline:
             return m
@@ -64,7 +51,7 @@ def test_a_full_ring_buffer_loses_only_what_it_counts(live_host, tmp_path):
             d.proc.send_signal(signal.SIGCONT)
         after = _settled(d)
         assert http_get(d.url + "/healthz")[0] == 200
-        delta = {name: _sum(after, name) - _sum(before, name) for name in (
+        delta = {name: sum_samples(after, name) - sum_samples(before, name) for name in (
             "tcpstate_kernel_events_sent_total", "tcpstate_events_received_total", "tcpstate_kernel_events_taken_total")}
         lost = (after.get('tcpstate_events_lost_total{reason="ring_buffer_full"}', 0)
                 - before.get('tcpstate_events_lost_total{reason="ring_buffer_full"}', 0))
@@ -79,10 +66,10 @@ def test_a_full_ring_buffer_loses_only_what_it_counts(live_host, tmp_path):
         # but for what the kernel ran no program for (counted, though not by port).
         deadline = time.monotonic() + 5
         while True:  # the last servers' LAST_ACK -> CLOSE may still be on their way
-            now = _samples(http_get(d.url + "/metrics")[1])
+            now = scrape(d.url)
             skipped = (now.get('tcpstate_events_lost_total{reason="program_not_run"}', 0)
                        - before.get('tcpstate_events_lost_total{reason="program_not_run"}', 0))
-            counted = _sum(now, "tcpstate_transitions_total", port)
+            counted = sum_samples(now, "tcpstate_transitions_total", [port])
             if counted >= 5000 * 10 + 2 - skipped or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
@@ -122,7 +109,7 @@ def test_a_full_disk_drops_and_counts_the_lives_and_writes_resume_with_room(live
         for _ in range(20):  # bounded: 20 rounds of 200 connections fill 400 KB many times over
             traffic.client_closed(port, 200)
             time.sleep(1.2)  # a flush
-            m = _samples(http_get(d.url + "/metrics")[1])
+            m = scrape(d.url)
             failed = m.get('tcpstate_timeline_records_lost_total{reason="write_failed"}', 0)
             if failed:
                 break
@@ -159,7 +146,7 @@ def test_namespaces_that_vanish_while_the_table_is_read_are_no_failures(live_hos
     d = start_daemon(tmp_path, "--timewait-reconcile-seconds", "1")
     names = []
     try:
-        before = _samples(http_get(d.url + "/metrics")[1]).get("tcpstate_kernel_table_read_failures_total", 0)
+        before = scrape(d.url).get("tcpstate_kernel_table_read_failures_total", 0)
         end = time.monotonic() + 8
         rounds = 0
         while time.monotonic() < end and rounds < 400:  # bounded either way
@@ -172,7 +159,7 @@ def test_namespaces_that_vanish_while_the_table_is_read_are_no_failures(live_hos
                 subprocess.run(["ip", "netns", "delete", names.pop(0)], check=True)
             rounds += 1
         time.sleep(2.5)  # the reads after the last deletion too
-        after = _samples(http_get(d.url + "/metrics")[1])
+        after = scrape(d.url)
         assert after.get("tcpstate_kernel_table_read_failures_total", 0) == before, d.log.read_text()[-2000:]
         assert http_get(d.url + "/healthz")[0] == 200 and rounds > 10
     finally:
@@ -241,13 +228,10 @@ def test_full_kernel_maps_are_counted_and_the_counts_stay_exact(live_host, tmp_p
 
     port = traffic.quiet_port()
     d = start_daemon(tmp_path, "--max-sockets", "64")
-    listener = sockets.socket()
-    listener.setsockopt(sockets.SOL_SOCKET, sockets.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
-    listener.listen(256)
+    listener = traffic.listener("127.0.0.1", port)
     held = []
     try:
-        before = _samples(http_get(d.url + "/metrics")[1])
+        before = scrape(d.url)
         for _ in range(150):
             c = sockets.create_connection(("127.0.0.1", port))
             s, _ = listener.accept()
@@ -257,14 +241,14 @@ def test_full_kernel_maps_are_counted_and_the_counts_stay_exact(live_host, tmp_p
             s.close()
         listener.close()
         after = _settled(d)
-        full = _sum(after, "tcpstate_kernel_map_full_total") - _sum(before, "tcpstate_kernel_map_full_total")
+        full = sum_samples(after, "tcpstate_kernel_map_full_total") - sum_samples(before, "tcpstate_kernel_map_full_total")
         assert full > 0, "no map filled: the test shows nothing"
         assert _caught_up(after), after  # 300 lives taken from the map: received = sent + taken
-        assert _sum(after, "tcpstate_kernel_events_taken_total") >= 600
+        assert sum_samples(after, "tcpstate_kernel_events_taken_total") >= 600
         assert http_get(d.url + "/healthz")[0] == 200
         skipped = (after.get('tcpstate_events_lost_total{reason="program_not_run"}', 0)
                    - before.get('tcpstate_events_lost_total{reason="program_not_run"}', 0))
-        counted = _sum(after, "tcpstate_transitions_total", port)
+        counted = sum_samples(after, "tcpstate_transitions_total", [port])
         assert 150 * 10 + 2 - skipped <= counted <= 150 * 10 + 2, (counted, skipped)
     finally:
         for s in held:

@@ -34,10 +34,7 @@ def states(life: dict) -> list[str]:
 def test_a_connection_open_across_a_restart_keeps_one_life_a_socket(live_host, tmp_path):
     port = traffic.quiet_port()
     first = start_daemon(tmp_path, "--timewait-reconcile-seconds", "1")
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
-    listener.listen(4)
+    listener = traffic.listener("127.0.0.1", port)
     client = socket.create_connection(("127.0.0.1", port))
     server, _ = listener.accept()
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 from tests.live import traffic
 from tests.live.conftest import http_get, start_daemon, stop_daemon
 from tests.live.netns import TestHost
+from tracer.bench.tracers import scrape, sum_samples
 from tracer.host.helper import KEPT
 from tracer.host.privileges import capabilities
 
@@ -25,14 +26,6 @@ def _status(pid: int, key: str) -> str:
         if line.startswith(key + ":"):
             return line.split(":", 1)[1].strip()
     raise KeyError(key)
-
-
-def _metric(body: str, name: str, port: int | None = None) -> float:
-    total = 0.0
-    for line in body.splitlines():
-        if line.startswith(name) and (port is None or f'port="{port}"' in line):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_run_as_drops_every_capability_and_events_keep_flowing(live_host):
@@ -55,13 +48,12 @@ def test_run_as_drops_every_capability_and_events_keep_flowing(live_host):
             helper = capabilities(str(helpers[0]))
             assert helper["CapEff"] == helper["CapPrm"] == helper["CapBnd"] == sum(1 << c for c in KEPT), helper
 
-            _, before = http_get(d.url + "/metrics")
+            before = scrape(d.url)
             traffic.client_closed(port, 20)
             deadline = time.monotonic() + 10
             while True:
-                _, after = http_get(d.url + "/metrics")
-                counted = _metric(after, "tcpstate_transitions_total{", port) - _metric(before,
-                                                                                        "tcpstate_transitions_total{", port)
+                counted = (sum_samples(scrape(d.url), "tcpstate_transitions_total", [port])
+                           - sum_samples(before, "tcpstate_transitions_total", [port]))
                 if counted >= 202 or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
@@ -82,8 +74,7 @@ def test_run_as_drops_every_capability_and_events_keep_flowing(live_host):
             _, body = http_get(f"{d.url}/api/v1/sockets?port=7070&state=LISTEN")
             assert any(s["netns"] == other.netns_inode for s in json.loads(body)["sockets"]), body
             time.sleep(2.5)
-            _, metrics = http_get(d.url + "/metrics")
-            assert _metric(metrics, "tcpstate_kernel_table_read_failures_total") == 0, \
+            assert sum_samples(scrape(d.url), "tcpstate_kernel_table_read_failures_total") == 0, \
                 re.findall(r"kernel socket table: .*", d.log.read_text())
         finally:
             held.kill()
