@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 
 from tracer.core.kernel_socket import Conn, KernelSocket
 from tracer.core.lifecycle import KIND_NAMES, Lifecycle
-from tracer.core.record import parse_addr
+from tracer.core.record import comm_raw, parse_addr
 from tracer.core.sockets import SocketEntry
 from tracer.core.states import ROLE_NAMES, Role, TcpState
 from tracer.core.timewait import EXPIRES, NETNS, SINCE, TimeWait
@@ -128,7 +128,7 @@ class Corrections:
         entry.first_ns = history[1]
         entry.opened = life.states[0].state in _OPENING
         if not entry.pid and life.pid:
-            entry.pid, entry.comm = life.pid, (life.comm or "").encode()[:15].ljust(16, b"\0")
+            entry.pid, entry.comm = life.pid, comm_raw(life.comm or "")
         if life.marks:
             marks = [life.marks_dropped]
             for m in life.marks:

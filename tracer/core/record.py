@@ -221,6 +221,11 @@ def comm_text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
+def comm_raw(text: str) -> bytes:
+    """A command name as the kernel holds it: TASK_COMM_LEN (16) bytes, NUL-padded."""
+    return text.encode()[:15].ljust(16, b"\0")
+
+
 def to_json(ev: Event) -> dict[str, Any]:
     """The text form of one event, as ``watch --json`` prints it and replay reads it."""
     ts, sk, saddr, daddr, pid, sport, dport, svc, fam, kind, old, new, role, flags, comm = ev
@@ -321,7 +326,7 @@ def from_json(obj: Any) -> Event:
         state("newstate"),
         _ROLES_BY_NAME[role_name],
         flags,
-        comm.encode()[:15].ljust(16, b"\0"),
+        comm_raw(comm),
     )
 
 

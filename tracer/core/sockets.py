@@ -14,7 +14,7 @@ import numpy as np
 from tracer.core.closes import how_code
 from tracer.core.kernel_socket import Conn, KernelSocket
 from tracer.core.lifecycle import MARKS_MAX
-from tracer.core.record import Event
+from tracer.core.record import Event, comm_raw
 from tracer.core.states import F_ROLE_INFERRED, EventKind, TcpState
 
 _CLOSE = TcpState.CLOSE.value
@@ -95,7 +95,7 @@ class SocketEntry:
 
     @classmethod
     def from_kernel(cls, k: KernelSocket, since_ns: int, role: int, port: int) -> "SocketEntry":
-        comm = k.comm.encode()[:15].ljust(16, b"\0")
+        comm = comm_raw(k.comm)
         entry = cls((since_ns, 0, k.saddr, k.daddr, k.pid, k.sport, k.dport, port, k.family, _STATE, 0,
                      k.state, role, F_ROLE_INFERRED, comm))
         entry.netns = k.netns
