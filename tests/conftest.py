@@ -12,6 +12,16 @@ from tracer.core.states import EventKind, Role, TcpState
 LOOPBACK = bytes([127, 0, 0, 1]) + bytes(12)
 
 
+class Healthy:
+    """The web's Health (tracer/web/health.py) of a daemon that runs and is ready."""
+
+    def alive(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        return True, "ok"
+
+
 def make_event(
     sk: int,
     old: TcpState | int,

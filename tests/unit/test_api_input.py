@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from openapi_schema_validator import OAS30Validator
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import make_event
+from tests.conftest import Healthy, make_event
 from tracer.core.clock import FakeClock
 from tracer.core.detector import Rules
 from tracer.core.states import Role, TcpState as S
@@ -25,14 +25,6 @@ from tracer.web import create_app
 from tracer.web.sockets_api import openapi_document
 
 from lives import OFFSET_NS, SERVER_CLOSE, life  # tests/unit: the store's synthetic lives
-
-
-class Health:
-    def alive(self) -> tuple[bool, str]:
-        return True, "ok"
-
-    def ready(self) -> tuple[bool, str]:
-        return True, "ok"
 
 
 class NoConflicts:
@@ -69,7 +61,7 @@ def app(tmp_path_factory):
     clock.advance(6)
     scanner = StuckScanner(tracker, clock)
     scanner.scan()
-    yield create_app(CollectorRegistry(), Health(), scanner, clock, store=store, changes=Changes(),
+    yield create_app(CollectorRegistry(), Healthy(), scanner, clock, store=store, changes=Changes(),
                      conflicts=NoConflicts())
     store.close()
 
@@ -209,7 +201,7 @@ def test_paging_visits_every_record_exactly_once_while_records_are_written(tmp_p
     store = SqliteStore(tmp_path / "timeline.db", retention_s=3600, retention_bytes=1 << 30)
     try:
         store.write(_lives(1, 200, 1000), OFFSET_NS)
-        client = create_app(CollectorRegistry(), Health(), None, FakeClock(), store=store).test_client()
+        client = create_app(CollectorRegistry(), Healthy(), None, FakeClock(), store=store).test_client()
         seen, url, next_id = [], "/api/v1/sockets?port=8080&limit=17", 201
         while True:
             body = client.get(url).get_json()

@@ -12,20 +12,13 @@ from openapi_spec_validator import validate as validate_spec
 from jsonschema.exceptions import ValidationError
 from prometheus_client import CollectorRegistry
 
+from tests.conftest import Healthy
 from tracer.core.lifecycle import Lifecycle, RawLife
 from tracer.store.sqlite import SqliteStore
 from tracer.web import create_app
 from tracer.web.sockets_api import openapi_document
 
 from lives import OFFSET_NS, SERVER_CLOSE, life, read  # tests/unit: the store's synthetic lives
-
-
-class Health:
-    def alive(self) -> tuple[bool, str]:
-        return True, "ok"
-
-    def ready(self) -> tuple[bool, str]:
-        return True, "ok"
 
 
 def lives() -> list[RawLife]:
@@ -55,7 +48,7 @@ def store(tmp_path: Path):
 
 @pytest.fixture
 def client(store):
-    app = create_app(CollectorRegistry(), Health(), SimpleNamespace(report=None), SimpleNamespace(), store=store)
+    app = create_app(CollectorRegistry(), Healthy(), SimpleNamespace(report=None), SimpleNamespace(), store=store)
     return app.test_client()
 
 
@@ -182,7 +175,7 @@ def test_a_store_that_cannot_be_read_is_503_json(client, store):
 
 
 def test_without_a_store_there_is_no_sockets_api():
-    app = create_app(CollectorRegistry(), Health(), SimpleNamespace(report=None), SimpleNamespace())
+    app = create_app(CollectorRegistry(), Healthy(), SimpleNamespace(report=None), SimpleNamespace())
     res = app.test_client().get("/api/v1/sockets")
     assert res.status_code == 404 and res.get_json()["status"] == 404
 

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from flask import Flask
 from prometheus_client import CollectorRegistry
 
+from tests.conftest import Healthy
 from tracer.core.clock import FakeClock
 from tracer.daemon.changes import TimelineChanges
 from tracer.web import create_app, stream
@@ -37,20 +38,12 @@ def test_a_change_is_announced_and_viewers_are_capped():
     third.close()
 
 
-class Health:
-    def alive(self) -> tuple[bool, str]:
-        return True, "ok"
-
-    def ready(self) -> tuple[bool, str]:
-        return True, "ok"
-
-
 def test_the_stream_is_served_only_with_a_change_feed():
     """Without one the page polls (it takes a 404 for "no live updates")."""
     stuck = SimpleNamespace(report=None)
-    without = create_app(CollectorRegistry(), Health(), stuck, FakeClock()).test_client()
+    without = create_app(CollectorRegistry(), Healthy(), stuck, FakeClock()).test_client()
     assert without.get("/api/v1/stream").status_code == 404
-    app = create_app(CollectorRegistry(), Health(), stuck, FakeClock(), changes=TimelineChanges())
+    app = create_app(CollectorRegistry(), Healthy(), stuck, FakeClock(), changes=TimelineChanges())
     app.config["STREAM_INTERVAL"] = 0.01
     response = app.test_client().get("/api/v1/stream", buffered=False)
     assert response.status_code == 200 and next(response.response).startswith(b"retry:")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import make_event
+from tests.conftest import Healthy, make_event
 from tracer.core.clock import FakeClock
 from tracer.core.detector import Rules
 from tracer.core.states import Role, TcpState as S
@@ -31,17 +31,10 @@ def test_the_api_serves_the_scanners_latest_report():
     from tracer.daemon.stuck import StuckScanner
     from tracer.web import create_app
 
-    class Health:
-        def alive(self) -> tuple[bool, str]:
-            return True, "ok"
-
-        def ready(self) -> tuple[bool, str]:
-            return True, "ok"
-
     clock = FakeClock(start_ns=10**9)
     tracker = Tracker(60 * 10**9, 100, Rules.build(30, {"CLOSE_WAIT": 5}))
     scanner = StuckScanner(tracker, clock)
-    client = create_app(CollectorRegistry(), Health(), scanner, clock).test_client()
+    client = create_app(CollectorRegistry(), Healthy(), scanner, clock).test_client()
     assert client.get("/api/v1/stuck").get_json()["total"] == 0
     tracker.apply(make_event(1, S.ESTABLISHED, S.CLOSE_WAIT, ts_ns=10**9, sport=8080, dport=50000,
                              service_port=8080, role=Role.PASSIVE))

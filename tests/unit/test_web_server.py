@@ -18,6 +18,7 @@ import pytest
 from flask import Flask, Response
 
 from tests import pki as pki_mod
+from tests.conftest import Healthy
 from tracer.web import guard, webconfig
 from tracer.web.server import THREADS, WebServer
 
@@ -274,17 +275,10 @@ def test_stop_ends_the_live_streams_at_once():
 
     from tracer.web import create_app
 
-    class Health:
-        def alive(self):
-            return True, "ok"
-
-        def ready(self):
-            return True, "ok"
-
     class Changes:
         version, written_at = 0, 0.0
 
-    app = create_app(CollectorRegistry(), Health(), None, None, changes=Changes())
+    app = create_app(CollectorRegistry(), Healthy(), None, None, changes=Changes())
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
