@@ -12,27 +12,19 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
-from prometheus_client.core import Metric
 
+from tests.exported import exported as exported_series
 from tracer.config import SETTINGS, parse_listen_address
-from tracer.core import record
-from tracer.core.detector import Rules
-from tracer.core.ports import PortLabels
 from tracer.core.states import STATE_NAMES
-from tracer.core.tracker import Tracker
-from tracer.metrics import ConflictFamilies, HealthFamilies, KernelFamilies, TableFamilies, TcpStateCollector, build_info
-from tracer.sources.replay import ReplaySource
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "prometheus"
 ALERTS = DEPLOY / "alerts.yml"
 ALERTS_TEST = DEPLOY / "alerts_test.yml"
 PROMETHEUS_YML = DEPLOY / "prometheus.yml"
-LOOPBACK_3 = ROOT / "tests" / "fixtures" / "loopback-3-client-close.jsonl"
 PROMTOOL = Path("/usr/bin/promtool")  # Debian's prometheus package
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 JOB = "tcpstate-tracer"
@@ -100,43 +92,9 @@ def test_matchers_are_read_from_selectors():
 # -- what the daemon exports -------------------------------------------------------
 
 
-def series_names(family: Metric) -> set[str]:
-    """The names a family's series carry in Prometheus, with or without samples now."""
-    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
-                "summary": ["", "_sum", "_count"], "info": ["_info"]}.get(family.type, [""])
-    return {family.name + s for s in suffixes} | {s.name for s in family.samples}
-
-
 @pytest.fixture(scope="module")
 def exported() -> dict[str, set[str]]:
-    """Series name -> label names (empty when no sample showed them), from the real
-    collector over a replayed recording and a stuck scan."""
-    source = ReplaySource(LOOPBACK_3)
-    try:
-        tracker = Tracker(timewait_ns=60 * 10**9, max_sockets=1000, rules=Rules.build(msl_s=30))
-        last_ts = 0
-        while (batch := source.read()) is not None:
-            tracker.apply_batch(batch)
-            last_ts = batch[-1][record.Field.TS]
-        housekeeping = SimpleNamespace(report=tracker.scan(last_ts + 1), last_read_s=0.0, store=None,
-                                       failures=0)
-        labels = PortLabels(64, range(32768, 61000))
-        limits = {"tcp_max_tw_buckets": 131072, "ephemeral_ports": 28232}
-        conflicts = SimpleNamespace(dropped=0, counts=lambda: {(8080, "time_wait"): 1})
-        collector = TcpStateCollector(
-            KernelFamilies(source, labels), TableFamilies(tracker, labels, stuck=housekeeping),
-            HealthFamilies(labels, limits, build_info(source.bcc_version), lag=SimpleNamespace(lag_s=0.0, records_failed=0),
-                           kernel_table=housekeeping), labels, conflicts=ConflictFamilies(conflicts, labels))
-        families = list(collector.collect())
-    finally:
-        source.close()
-    names: dict[str, set[str]] = {}
-    for family in families:
-        for name in series_names(family):
-            names.setdefault(name, set())
-        for s in family.samples:
-            names[s.name] |= set(s.labels) - {"le", "quantile"}
-    return names
+    return exported_series()
 
 
 def test_the_collector_exports_what_the_checks_rely_on(exported):
