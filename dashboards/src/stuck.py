@@ -39,7 +39,7 @@ def build() -> dashboard.Dashboard:
         .with_panel(grid(
             "Stuck now, by host, port and state",
             "Each host, port and state with stuck sockets now, the oldest socket's age in that "
-            "state, and the sockets that crossed the threshold in the dashboard's time range. "
+            "state, and the most stuck at once in the dashboard's time range (a leak grows). "
             "Click a port for the sockets on that host's timeline (the daemon's page at the "
             "instance's address), a state for the same filtered to it.",
             "short",
@@ -47,9 +47,9 @@ def build() -> dashboard.Dashboard:
              (f"max by (instance, port, state) ({sel('tcpstate_oldest_socket_age_seconds', state='~' + WATCHED)})"
               f" and on (instance, port, state) (sum by (instance, port, state) ({sel('tcpstate_stuck_sockets')}) > 0)",
               "Oldest age"),
-             (f"sum by (instance, port, state) (increase({sel('tcpstate_stuck_total')}[$__range])) > 0"
+             (f"max by (instance, port, state) (max_over_time({sel('tcpstate_stuck_sockets')}[$__range]))"
               f" and on (instance, port, state) (sum by (instance, port, state) ({sel('tcpstate_stuck_sockets')}) > 0)",
-              "Crossed in range")],
+              "Most in range")],
             links=[("port", "Timeline of this port on ${__data.fields.instance}", ROW_LINK),
                    ("state", "Timeline of this port and state", ROW_LINK)],
             units={"Oldest age": "s"}))

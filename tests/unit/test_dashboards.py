@@ -266,12 +266,13 @@ def test_target_promql_rule(item):
 
 @pytest.mark.parametrize("item", TARGETS, ids=target_id)
 def test_target_rate_interval_rule(item):
-    """Every range is $__rate_interval, but increase() over the whole dashboard range."""
+    """Every range is $__rate_interval, but a summary of the whole dashboard range
+    (increase() or max_over_time() over $__range)."""
     for node, parents in promql.walk(parsed(item[3])):
         if isinstance(node, promql.pq.MatrixSelector):
             seconds = int(node.range.total_seconds())
             function = parents[-1].func.name if parents and isinstance(parents[-1], promql.pq.Call) else None
-            allowed = {7777} | ({6666} if function == "increase" else set())
+            allowed = {7777} | ({6666} if function in ("increase", "max_over_time") else set())
             assert seconds in allowed, f"{function}(...[{node.range}]) in {item[3]['expr']}"
 
 
