@@ -98,12 +98,14 @@ def scrape_config(target: str, rule_files: list[Path], interval: str = "1s") -> 
 
 
 def start_prometheus(workdir: Path, target: str, rule_files: list[Path],
-                     ready_timeout: float = 30.0) -> Prometheus:
+                     ready_timeout: float = 30.0, config_text: dict | None = None) -> Prometheus:
     """Starts Prometheus scraping ``target`` (host:port) every second and waits for
-    /-/ready. ``workdir`` becomes the server's and is removed by stop()."""
+    /-/ready; or with ``config_text``, a whole configuration instead (files it names
+    relative to itself belong in ``workdir``). ``workdir`` becomes the server's and is
+    removed by stop()."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "prometheus.yml"
-    config.write_text(yaml.safe_dump(scrape_config(target, rule_files)))
+    config.write_text(yaml.safe_dump(config_text or scrape_config(target, rule_files)))
     url = f"http://127.0.0.1:{free_port()}"
     with open(workdir / "prometheus.log", "w") as out:
         proc = subprocess.Popen(

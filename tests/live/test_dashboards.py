@@ -177,3 +177,74 @@ def test_every_metric_the_dashboards_name_is_on_the_daemons_metrics_page(settled
     named = {s.name for *_, target in TARGETS
              for s, _ in promql.selectors(promql.parse(fill(target["expr"], variables(settled, "all"))))}
     assert named - {"up"} <= offered, sorted(named - {"up"} - offered)
+
+
+# -- the links to each host's timeline -----------------------------------------------------
+
+
+def stuck_links(board: dict) -> list[str]:
+    """The stuck dashboard's data links on series (a time series panel's defaults)."""
+    return [link["url"] for panel in promql.panels(board)
+            for link in panel["fieldConfig"]["defaults"].get("links", [])]
+
+
+def test_a_stuck_series_links_to_its_socket_on_that_hosts_timeline(settled, tmp_path):
+    """The link of the stuck CLOSE_WAIT's series, built from the labels Prometheus has,
+    opens the daemon's page in Chromium filtered to that port and state, and the stuck
+    socket is the one the page lists."""
+    from tests.live.browser import chromium, console_errors, wait_for
+
+    (series,) = settled.prometheus.api("query", query=f'tcpstate_stuck_sockets{{port="{settled.leak_port}"}} > 0')["result"]
+    labels = series["metric"]
+    (url, *_) = stuck_links(promql.dashboards()["tcpstate-stuck.json"])
+    url = re.sub(r"\$\{__field\.labels\.(\w+)\}", lambda m: labels[m.group(1)], url).replace("${timeline_scheme}", "http")
+    assert url == f"http://{settled.instance}/?port={settled.leak_port}&state=CLOSE_WAIT"
+    with chromium(tmp_path) as driver:
+        driver.get(url)
+        wait_for(driver, "document.body.dataset.status === 'ready'", 20, "the timeline loaded")
+        form = driver.execute_script("const f = document.querySelector('form').elements;"
+                                     "return [f.port.value, f.state.value]")
+        assert form == [str(settled.leak_port), "CLOSE_WAIT"]
+        wait_for(driver, "document.body.dataset.rendered === '1'", 20, "one socket: the stuck one")
+        shown = driver.execute_script("return [...document.querySelectorAll('#sockets tbody tr')]"
+                                      ".map(tr => [...tr.querySelectorAll('li.st')].map(li => li.dataset.state))")
+        assert console_errors(driver) == []
+    assert shown == [["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT"]], shown
+
+
+def test_the_kubernetes_job_names_instances_by_node_and_port_so_links_reach_them(settled, tmp_path):
+    """deploy/prometheus/kubernetes.yml's relabelling, run by a real Prometheus: the
+    discovery is a file of targets carrying the labels Kubernetes discovery would set
+    (Debian's Prometheus has no Kubernetes discovery), the target is the real daemon.
+    instance becomes <node>:<port>, which is where the dashboards' links go."""
+    import json
+
+    import yaml
+
+    from tests.live.prometheus import DEPLOY
+
+    config = yaml.safe_load((DEPLOY / "kubernetes.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config["rule_files"] = []
+    (job,) = config["scrape_configs"]
+    del job["kubernetes_sd_configs"]
+    job["file_sd_configs"] = [{"files": ["targets.json"]}]
+    workdir = tmp_path / "prometheus-k8s"
+    workdir.mkdir()
+    (workdir / "targets.json").write_text(json.dumps([{"targets": [settled.instance], "labels": {
+        "__meta_kubernetes_service_label_app_kubernetes_io_name": "tcpstate-tracer",
+        "__meta_kubernetes_endpoint_port_name": "metrics",
+        "__meta_kubernetes_endpoint_node_name": "localhost",
+        "__meta_kubernetes_namespace": "monitoring",
+        "__meta_kubernetes_pod_name": "tcpstate-tracer-x7k2p"}}]))
+    server = start_prometheus(workdir, settled.instance, [], config_text=config)
+    try:
+        node_port = "localhost:" + settled.instance.rsplit(":", 1)[1]
+        up = server.wait('up{job="tcpstate-tracer"}', lambda r: r and all(v == 1 for v in r.values()), "up == 1")
+        assert [dict(k) for k in up] == [{"__name__": "up", "instance": node_port, "job": "tcpstate-tracer",
+                                          "namespace": "monitoring", "pod": "tcpstate-tracer-x7k2p"}]
+    finally:
+        server.stop()
+    from tests.live.conftest import http_get
+    status, page = http_get(f"http://{node_port}/?port={settled.leak_port}&state=CLOSE_WAIT")
+    assert status == 200 and "timeline" in page.lower()
