@@ -183,7 +183,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
     monkeypatch.setattr(headers, "find", functools.partial(
         headers.find, release="6.18.0-test", modules=tmp_path / "modules", src=src,
-        kheaders=tmp_path / "kheaders.tar.xz"))
+        kheaders=tmp_path / "kheaders.tar.xz", bundled=tmp_path / "bundled"))
     return src
 
 
@@ -210,6 +210,25 @@ def test_check_headers_merges_a_tree_and_points_bcc_at_it(host: Path, tmp_path: 
     assert result.message.startswith("merged linux-headers-6.1.0-9-common and linux-headers-6.1.0-9-amd64")
     assert os.environ["BCC_KERNEL_SOURCE"] == str(tree)
     assert (tree / "include" / "linux" / "linux-headers-6.1.0-9-common.h").exists()
+
+
+def test_the_images_own_trees_serve_where_the_host_has_none(host: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the container image, the host's /usr/src (mounted over the image's) comes first,
+    and the trees the image carries serve only where the host has none."""
+    bundled = tmp_path / "bundled"
+    _debian_headers(bundled)
+    result = preflight.check_headers(tmp_path / "cache")
+    assert result.ok, result.message
+    tree = Path(os.environ["BCC_KERNEL_SOURCE"])
+    assert (tree / "include" / "linux" / "linux-headers-6.1.0-9-amd64.h").resolve().is_relative_to(bundled)
+    assert f"linux-headers-6.1.0-9-amd64 from {bundled} at" in result.message
+
+    monkeypatch.delenv("BCC_KERNEL_SOURCE")
+    for name in ("linux-headers-6.12.0-1-common", "linux-headers-6.12.0-1-amd64"):
+        (host / name / "include").mkdir(parents=True)
+    assert preflight.check_headers(tmp_path / "cache2").message.startswith(
+        "merged linux-headers-6.12.0-1-common and linux-headers-6.12.0-1-amd64")
 
 
 def test_check_headers_build_failure_says_what_to_do(host: Path, tmp_path: Path) -> None:

@@ -22,6 +22,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE = Path("/var/cache/tcpstate-tracer")
+# Debian's header trees the container image carries (deploy/container/Containerfile), for
+# nodes that have no headers of their own: a DaemonSet mounts the host's /usr/src over
+# the image's, so the image keeps its trees here, looked at after the host's.
+BUNDLED = Path("/opt/tcpstate-tracer/kernel-headers")
 _MARKER = ".tcpstate-tracer-complete"
 
 
@@ -55,7 +59,7 @@ def _distribution_trees(src: Path) -> list[tuple[Path, Path]]:
 
 def find(release: str | None = None, modules: Path = Path("/lib/modules"),
          src: Path = Path("/usr/src"), kheaders: Path = Path("/sys/kernel/kheaders.tar.xz"),
-         cache: Path = DEFAULT_CACHE, build: bool = True) -> HeaderTree | None:
+         cache: Path = DEFAULT_CACHE, build: bool = True, bundled: Path = BUNDLED) -> HeaderTree | None:
     """The header tree BCC will use, building a merged one when that is the only way.
 
     None means BCC finds headers by itself (the running kernel's own, or its
@@ -72,14 +76,15 @@ def find(release: str | None = None, modules: Path = Path("/lib/modules"),
         return None
     if kheaders.exists():
         return None
-    pairs = _distribution_trees(src)
+    pairs = _distribution_trees(src) or _distribution_trees(bundled)
     if not pairs:
         raise HeadersError(
             f"no kernel headers for {release} and no distribution headers in {src}: "
             "install them (apt-get install linux-headers-amd64, or run `make setup`)")
     common, arch = pairs[0]
     target = cache / "kernel-headers" / arch.name
-    how = f"merged {common.name} and {arch.name} at {target} (no headers for the running kernel {release})"
+    how = (f"merged {common.name} and {arch.name} from {common.parent} at {target} "
+           f"(no headers for the running kernel {release})")
     if (target / _MARKER).exists():
         return HeaderTree(target, how)
     if not build:
