@@ -26,7 +26,7 @@ TEST_PACKAGES := gcc libc6-dev prometheus iptables bpftool chromium chromium-dri
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup test-setup run test unit live rules bench clean install uninstall
+.PHONY: setup test-setup run test unit live rules dashboards bench clean install uninstall image image-base
 
 # Installs the Debian packages of $(1) that are missing.
 define install_missing
@@ -71,6 +71,11 @@ live: test-setup
 # the daemon's). `make test` runs them too: they are unit tests.
 rules: test-setup
 	$(BIN)/python -m pytest tests/unit/test_alert_rules.py $(PYTEST_ARGS)
+
+# The Grafana dashboards (dashboards/*.json) from their code (dashboards/src); commit both.
+# `make test` fails while the committed JSON differs from what the code generates.
+dashboards: test-setup
+	$(BIN)/python -m dashboards.generate
 
 # The performance benchmark (about 15 minutes with its defaults; README "Performance").
 #   sudo make bench ARGS="--compare-tcpstates"
@@ -124,3 +129,37 @@ uninstall:
 	rm -rf $(DESTDIR)$(PREFIX) $(CACHE_DIR)
 	@if [ "$(PURGE)" = 1 ]; then rm -rf $(STATE_DIR) $(CONFIG); \
 	else echo "uninstall: kept $(CONFIG) and the timeline in $(STATE_DIR) (PURGE=1 removes them)"; fi
+
+# The container image (deploy/container/), as root (sudo make image): a Debian 12 base
+# built from Debian's packages (mmdebstrap, then podman import: no image registry is
+# needed), kept and reused (FORCE_BASE=1 rebuilds it), then the Containerfile on it,
+# tagged as the DaemonSet's image. How to run it: README, "Container image".
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' tracer/__init__.py)
+IMAGE := tcpstate-tracer:$(VERSION)
+BASE_IMAGE := localhost/tcpstate-tracer-base:bookworm
+IMAGE_PACKAGES := mmdebstrap podman runc
+FORCE_BASE ?= 0
+# runc, not Debian 12's default crun (1.8), which refuses a host whose cgroups are in
+# hybrid mode with a controller on the v2 side ("cgroups in hybrid mode not supported,
+# drop all controllers from cgroupv2"), as on the project's machines; runc takes any.
+PODMAN := podman --runtime runc
+# Limits no higher than this shell's: otherwise podman asks for nofile=1048576 and
+# more processes than it has itself, which root may not set without CAP_SYS_RESOURCE
+# (absent from the project's machines: "error setting rlimit type 7: operation not permitted").
+NOFILE := $(shell ulimit -Hn)
+PODMAN_LIMITS := --ulimit nofile=$(NOFILE):$(NOFILE) --ulimit nproc=32768:32768
+# The builder's CA store, lent to pip in the build as a secret (not kept in the image): a
+# proxy that re-signs TLS, trusted here, is trusted there.
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+comma := ,
+CA_SECRET := $(if $(wildcard $(CA_BUNDLE)),--secret id=ca-certificates$(comma)src=$(CA_BUNDLE))
+
+image-base:
+	$(call install_missing,$(IMAGE_PACKAGES))
+	$(SUDO) env FORCE=$(FORCE_BASE) PODMAN="$(PODMAN)" deploy/container/build-base.sh $(BASE_IMAGE)
+
+image: image-base
+	$(SUDO) $(PODMAN) build --network host $(PODMAN_LIMITS) $(CA_SECRET) \
+		--build-arg BASE=$(BASE_IMAGE) --build-arg VERSION=$(VERSION) \
+		-f deploy/container/Containerfile -t $(IMAGE) .
+	@$(SUDO) $(PODMAN) image ls $(IMAGE)
