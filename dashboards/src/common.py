@@ -4,8 +4,9 @@ and panels with their defaults (templated datasource, a unit, a description).
 Invariants the tests hold the dashboards to (tests/unit/test_dashboards.py):
 - every query selects through ``sel()``, so it carries job, instance (and port where the
   metric has one) from the variables;
-- a counter is only ever read as ``rate(x[$__rate_interval])`` or
-  ``increase(x[$__rate_interval])``;
+- a counter, or a histogram's series, is only ever read through ``rate()`` or
+  ``increase()`` over ``$__rate_interval`` (or ``increase()`` over ``$__range``, a summary
+  of the whole time range);
 - every panel has a description and a unit.
 """
 
@@ -31,7 +32,7 @@ from grafana_foundation_sdk.models.dashboard import (
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 TAG = "tcpstate-tracer"
-# Every dashboard's variables read their values from this series: one per daemon.
+# The job and instance variables read their values from this series: one per daemon.
 INFO = "tcpstate_build_info"
 
 

@@ -7,7 +7,7 @@ from grafana_foundation_sdk.models.dashboard import Threshold
 
 from .common import increase, new_dashboard, rate, sel, series, single
 
-ON = "on (job, instance) group_left"
+ON = "on (job, instance)"
 
 
 def build() -> dashboard.Dashboard:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.live import traffic
 from tests.live.conftest import ROOT, cannot_run, free_port, http_get
@@ -21,9 +22,23 @@ from tracer.bench.tracers import scrape, sum_samples
 from tracer.host import headers
 from tracer.host.privileges import capabilities
 
-# deploy/kubernetes/daemonset.yaml; tests/unit/test_deploy.py keeps that list in step.
-CAPABILITIES = "BPF,PERFMON,SYS_ADMIN,SYS_PTRACE,DAC_READ_SEARCH,SETUID,SETGID,CHOWN,SETPCAP"
-HOST_PATHS = ("/sys/kernel/tracing", "/usr/src", "/lib/modules", "/run/netns")
+
+
+def _daemonset() -> tuple[str, tuple[str, ...]]:
+    """deploy/kubernetes/daemonset.yaml's container: the capabilities it adds (it drops all
+    others), and the host paths it mounts read-only at the same place."""
+    manifests = yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "daemonset.yaml").read_text())
+    pod = next(m for m in manifests if m["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    caps = container["securityContext"]["capabilities"]
+    assert caps["drop"] == ["ALL"]
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    paths = tuple(m["mountPath"] for m in container["volumeMounts"]
+                  if m.get("readOnly") and host.get(m["name"]) == m["mountPath"])
+    return ",".join(caps["add"]), paths
+
+
+CAPABILITIES, HOST_PATHS = _daemonset()
 
 
 def _make_variables(*names: str) -> list[str]:
@@ -125,7 +140,8 @@ def test_the_image_loads_the_program_and_counts_connections_with_the_daemonsets_
 def test_on_a_node_without_headers_the_image_uses_its_own(image, tmp_path):
     """Without the host's /usr/src and /lib/modules the daemon merges the trees the image
     carries (this kernel has no headers and no kheaders of its own), and loads."""
-    with Container(tmp_path, ("/sys/kernel/tracing", "/run/netns")) as c:
+    without_headers = tuple(p for p in HOST_PATHS if p not in ("/usr/src", "/lib/modules"))
+    with Container(tmp_path, without_headers) as c:
         if Path("/sys/kernel/kheaders.tar.xz").exists():  # a kernel with its own: BCC needs no tree
             assert "kernel headers: merged" not in c.logs(), c.logs()
         else:
