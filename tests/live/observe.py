@@ -4,10 +4,26 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.live.conftest import Daemon
+from tracer.bench.tracers import scrape, sum_samples
+
+
+def transitions_during(url: str, port: int, run: Callable[[], object], expected: int,
+                       timeout: float = 10.0) -> float:
+    """The transitions the daemon at ``url`` counts on ``port`` for what ``run()`` makes:
+    /metrics read before it, then again until ``expected`` are counted or ``timeout`` passes."""
+    before = sum_samples(scrape(url), "tcpstate_transitions_total", [port])
+    run()
+    deadline = time.monotonic() + timeout
+    while True:
+        counted = sum_samples(scrape(url), "tcpstate_transitions_total", [port]) - before
+        if counted >= expected or time.monotonic() > deadline:
+            return counted
+        time.sleep(0.2)
 
 
 def samples(text: str, name: str, **labels: str) -> dict[tuple, float]:

@@ -18,7 +18,7 @@ import yaml
 
 from tests.live import traffic
 from tests.live.conftest import ROOT, cannot_run, free_port, http_get
-from tracer.bench.tracers import scrape, sum_samples
+from tests.live.observe import transitions_during
 from tracer.host import headers
 from tracer.host.privileges import capabilities
 
@@ -123,15 +123,7 @@ def test_the_image_loads_the_program_and_counts_connections_with_the_daemonsets_
         assert "kernel headers: merged" not in c.logs() or " from /usr/src at " in c.logs(), c.logs()
 
         port = traffic.quiet_port()
-        before = scrape(c.url)
-        traffic.client_closed(port, 20)
-        deadline = time.monotonic() + 10
-        while True:
-            counted = (sum_samples(scrape(c.url), "tcpstate_transitions_total", [port])
-                       - sum_samples(before, "tcpstate_transitions_total", [port]))
-            if counted >= 202 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        counted = transitions_during(c.url, port, lambda: traffic.client_closed(port, 20), 202)
         # 20 connections of 10 transitions each, and the listener's 2.
         assert counted == 202, counted
         assert c.stop() == "0", "SIGTERM stops it cleanly"

@@ -16,6 +16,7 @@ from pathlib import Path
 from tests.live import traffic
 from tests.live.conftest import http_get, start_daemon, stop_daemon
 from tests.live.netns import TestHost
+from tests.live.observe import transitions_during
 from tracer.bench.tracers import scrape, sum_samples
 from tracer.host.helper import KEPT
 from tracer.host.privileges import capabilities
@@ -48,15 +49,7 @@ def test_run_as_drops_every_capability_and_events_keep_flowing(live_host):
             helper = capabilities(str(helpers[0]))
             assert helper["CapEff"] == helper["CapPrm"] == helper["CapBnd"] == sum(1 << c for c in KEPT), helper
 
-            before = scrape(d.url)
-            traffic.client_closed(port, 20)
-            deadline = time.monotonic() + 10
-            while True:
-                counted = (sum_samples(scrape(d.url), "tcpstate_transitions_total", [port])
-                           - sum_samples(before, "tcpstate_transitions_total", [port]))
-                if counted >= 202 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
+            counted = transitions_during(d.url, port, lambda: traffic.client_closed(port, 20), 202)
             # 20 connections (10 transitions each) and the listener's 2, all counted after the drop.
             assert counted == 202, counted
             # And written to the timeline by the user it now is.
