@@ -105,13 +105,9 @@ def variables(traffic: Traffic, which: str) -> dict[str, str]:
     return {**chosen, **GRAFANA, "datasource": "prometheus", "timeline_scheme": "http"}
 
 
-def fill(expr: str, values: dict[str, str]) -> str:
-    return re.sub(r"\$(?:\{(\w+)\}|(\w+))", lambda m: values[m.group(1) or m.group(2)], expr)
-
-
 def run(traffic: Traffic, target: dict, values: dict[str, str]) -> list:
     """The query as Grafana runs it: a range over the last WINDOW_S, or an instant."""
-    expr = fill(target["expr"], values)
+    expr = promql.fill(target["expr"], values)
     if target.get("instant"):
         return traffic.prometheus.api("query", query=expr)["result"]
     end = time.time()
@@ -137,7 +133,7 @@ def test_query_is_accepted_and_has_data_where_the_daemon_does(settled, item):
     _, _, panel, target = item
     values = variables(settled, "all")
     result = run(settled, target, values)  # raises on any error Prometheus reports
-    absent = [str(s) for s, _ in promql.selectors(promql.parse(fill(target["expr"], values)))
+    absent = [str(s) for s, _ in promql.selectors(promql.parse(promql.fill(target["expr"], values)))
               if not has_series(settled, str(s))]
     if absent:
         # Only series this traffic cannot make: retransmissions (loopback loses nothing).
@@ -161,7 +157,7 @@ def test_variables_list_what_the_daemon_has(settled, name, board):
             continue
         selector, label = re.fullmatch(r"label_values\((.+), (\w+)\)", v["query"]).groups()
         end = time.time()
-        found = settled.prometheus.api(f"label/{label}/values", **{"match[]": fill(selector, variables(settled, "all"))},
+        found = settled.prometheus.api(f"label/{label}/values", **{"match[]": promql.fill(selector, variables(settled, "all"))},
                                        start=str(end - WINDOW_S), end=str(end))
         assert expect[v["name"]] in found, (name, v["name"], found)
 
@@ -175,7 +171,7 @@ def test_every_metric_the_dashboards_name_is_on_the_daemons_metrics_page(settled
         offered |= {family + s for s in {"counter": ["_total", ""], "histogram": ["_bucket", "_sum", "_count"]}
                     .get(kind, [""])}
     named = {s.name for *_, target in TARGETS
-             for s, _ in promql.selectors(promql.parse(fill(target["expr"], variables(settled, "all"))))}
+             for s, _ in promql.selectors(promql.parse(promql.fill(target["expr"], variables(settled, "all"))))}
     assert named - {"up"} <= offered, sorted(named - {"up"} - offered)
 
 
